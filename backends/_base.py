@@ -1,0 +1,139 @@
+"""The Backend object: one array library on one device.
+
+A Backend is what model code receives. It offers the library's array API
+namespace (``xp``), the native device object, and the few things the array API
+standard leaves to each library: moving host data in and out, compiling a
+function, waiting for queued work, and seeded random numbers drawn on the host.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+
+class BackendUnavailable(RuntimeError):
+    """A backend (or one of its devices) cannot be had on this machine.
+
+    The message says why and, where it helps, what to install.
+    """
+
+
+FLOAT_DTYPES = ("float32", "float64")
+
+
+class Backend:
+    """An array library on one device, reached through its array API namespace.
+
+    Subclasses override the few methods where libraries differ; everything else
+    goes through ``xp``, the namespace array-api-compat hands out.
+    """
+
+    #: True where model code may update arrays in place (they are mutable and
+    #: nobody else holds them). Only hot paths behind one tested helper use it.
+    inplace = False
+
+    def __init__(self, name, xp, device, *, version="", library=None, device_name=None):
+        self.name = name
+        self.xp = xp
+        self.device = device
+        self.version = version
+        self.library = library
+        self.device_name = device_name if device_name is not None else str(device)
+
+    # -- identity ---------------------------------------------------------
+    @property
+    def spec(self):
+        """The string that ``backends.get`` maps back to this backend."""
+        return f"{self.name}:{self.device_name}"
+
+    def __repr__(self):
+        version = f" {self.version}" if self.version else ""
+        return f"Backend({self.name}{version}, {self.device_name})"
+
+    def __eq__(self, other):
+        return isinstance(other, Backend) and (self.name, self.device_name) == (
+            other.name,
+            other.device_name,
+        )
+
+    def __hash__(self):
+        return hash((self.name, self.device_name))
+
+    # -- dtypes -----------------------------------------------------------
+    @property
+    def float_dtypes(self):
+        """Names of the floating dtypes this device supports, e.g. ('float32', 'float64')."""
+        info = self.xp.__array_namespace_info__()
+        found = info.dtypes(device=self.device, kind="real floating")
+        return tuple(n for n in FLOAT_DTYPES if n in found)
+
+    def dtype(self, dtype):
+        """The namespace's dtype object for a name such as ``"float32"`` (or a dtype)."""
+        if isinstance(dtype, str):
+            if dtype not in ("float32", "float64", "int32", "int64", "bool", "float16"):
+                raise ValueError(f"unknown dtype {dtype!r}; expected 'float32' or 'float64'")
+            return getattr(self.xp, dtype)
+        return dtype
+
+    def dtype_name(self, dtype):
+        """The standard name of a dtype object of this namespace (``float32`` ...)."""
+        for name in ("float32", "float64", "float16", "int32", "int64", "int8", "uint8", "bool"):
+            if getattr(self.xp, name, None) == dtype:
+                return name
+        return str(dtype)
+
+    def ensure_dtype(self, dtype):
+        """Check that this device computes in ``dtype``; return its dtype object."""
+        name = dtype if isinstance(dtype, str) else self.dtype_name(dtype)
+        if name not in self.float_dtypes and name in FLOAT_DTYPES:
+            raise BackendUnavailable(
+                f"{self!r} does not support {name}; it supports {', '.join(self.float_dtypes)}"
+            )
+        return self.dtype(name)
+
+    # -- host <-> device ----------------------------------------------------
+    def asarray(self, obj, dtype=None):
+        """Host data (NumPy array, list, scalar) as an array on this device."""
+        if dtype is not None:
+            dtype = self.dtype(dtype)
+        return self.xp.asarray(np.asarray(obj), dtype=dtype, device=self.device)
+
+    def to_numpy(self, x):
+        """An array of this backend as a NumPy array on the host."""
+        return np.asarray(x)
+
+    def owns(self, x):
+        """True when ``x`` is an array of this library on this backend's device."""
+        import array_api_compat
+
+        try:
+            xp = array_api_compat.array_namespace(x)
+        except TypeError:
+            return False
+        return xp is self.xp and array_api_compat.device(x) == self.device
+
+    # -- compilation and timing --------------------------------------------
+    def jit(self, fn, **kwargs):
+        """Compile ``fn`` where the library can (JAX); elsewhere return it as is."""
+        return fn
+
+    def synchronize(self, *arrays):
+        """Wait until queued device work (or the work producing ``arrays``) is done."""
+        return arrays[0] if len(arrays) == 1 else arrays
+
+    # -- random numbers ----------------------------------------------------
+    def random(self, shape, *, rng=None, seed=None, dist="uniform", dtype="float32"):
+        """Seeded random numbers, drawn on the host and moved here.
+
+        Drawing on the host with NumPy's ``Generator`` makes every backend and
+        device receive bit-identical numbers for the same seed.
+        """
+        if rng is None:
+            rng = np.random.default_rng(seed)
+        if dist == "uniform":
+            host = rng.random(shape)
+        elif dist == "normal":
+            host = rng.standard_normal(shape)
+        else:
+            raise ValueError(f"dist must be 'uniform' or 'normal', got {dist!r}")
+        name = dtype if isinstance(dtype, str) else self.dtype_name(dtype)
+        return self.asarray(host.astype(name), dtype=name)

@@ -1,0 +1,272 @@
+"""Layers: each a forward and its explicit backward, written against the array API.
+
+A layer's ``forward(xp, params, x, train, mask)`` returns ``(y, backward)``;
+``backward(dy)`` returns ``(dx, grads)`` with ``grads`` shaped like ``params``.
+The closure keeps what the backward pass needs (Thinc's ``(Y, backprop)`` style).
+
+Shapes follow the textbook convention: a batch of B rows of D features,
+``[B x D] @ [D x Z] + [1 x Z] -> [B x Z]``.
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from .errors import fmt_shape, ShapeError
+
+
+class Layer:
+    """Base class: a layer without parameters that keeps its input's width."""
+
+    has_params = False
+    needs_mask = False  # True for layers that draw random masks in training (Dropout)
+
+    def init(self, rng):
+        """Initial parameters as float64 NumPy arrays, drawn from the host ``rng``."""
+        return {}
+
+    def output_width(self, width):
+        return width
+
+    def forward(self, xp, params, x, train=False, mask=None):
+        raise NotImplementedError
+
+    def config(self):
+        """The layer's constructor arguments as JSON-ready values (for checkpoints)."""
+        return {"type": type(self).__name__}
+
+    def __repr__(self):
+        return f"{type(self).__name__}()"
+
+
+class Linear(Layer):
+    """``y = x @ W + b``: ``[B x in] @ [in x out] + [1 x out] -> [B x out]``.
+
+    ``init="glorot"`` draws W uniformly in +-sqrt(6 / (in + out)) (good for
+    tanh/sigmoid); ``init="he"`` draws it from N(0, 2 / in) (good for ReLU).
+    Biases start at zero.
+    """
+
+    has_params = True
+
+    def __init__(self, in_features, out_features, bias=True, init="glorot"):
+        for name, value in (("in_features", in_features), ("out_features", out_features)):
+            if not isinstance(value, (int, np.integer)) or isinstance(value, bool) or value < 1:
+                raise ValueError(f"Linear {name} must be a positive int, got {value!r}")
+        if init not in ("glorot", "he"):
+            raise ValueError(f"Linear init must be 'glorot' or 'he', got {init!r}")
+        self.in_features = int(in_features)
+        self.out_features = int(out_features)
+        self.bias = bool(bias)
+        self.init_scheme = init
+
+    def __repr__(self):
+        return f"Linear({self.in_features} -> {self.out_features})"
+
+    def config(self):
+        return {"type": "Linear", "in_features": self.in_features, "out_features": self.out_features,
+                "bias": self.bias, "init": self.init_scheme}
+
+    def init(self, rng):
+        fan_in, fan_out = self.in_features, self.out_features
+        if self.init_scheme == "glorot":
+            limit = math.sqrt(6.0 / (fan_in + fan_out))
+            w = rng.uniform(-limit, limit, size=(fan_in, fan_out))
+        else:
+            w = rng.standard_normal((fan_in, fan_out)) * math.sqrt(2.0 / fan_in)
+        params = {"W": w}
+        if self.bias:
+            params["b"] = np.zeros(fan_out)
+        return params
+
+    def output_width(self, width):
+        if width != self.in_features:
+            raise ShapeError(
+                f"{self!r} expects [B x {self.in_features}], got [B x {width}]"
+            )
+        return self.out_features
+
+    def forward(self, xp, params, x, train=False, mask=None):
+        if x.shape[-1] != self.in_features:
+            raise ShapeError(f"{self!r} expects [B x {self.in_features}], got {fmt_shape(x.shape)}")
+        W = params["W"]
+        y = x @ W
+        if self.bias:
+            y = y + params["b"]
+
+        def backward(dy, need_dx=True):
+            grads = {"W": x.T @ dy}
+            if self.bias:
+                grads["b"] = xp.sum(dy, axis=0)
+            return (dy @ W.T if need_dx else None), grads
+
+        return y, backward
+
+
+class ReLU(Layer):
+    """``max(x, 0)``; its gradient passes where x > 0."""
+
+    def forward(self, xp, params, x, train=False, mask=None):
+        positive = x > 0
+        y = xp.where(positive, x, 0.0)
+        return y, lambda dy, need_dx=True: (xp.where(positive, dy, 0.0), {})
+
+
+class LeakyReLU(Layer):
+    """``x`` where x > 0, ``slope * x`` elsewhere."""
+
+    def __init__(self, slope=0.01):
+        self.slope = float(slope)
+
+    def __repr__(self):
+        return f"LeakyReLU({self.slope})"
+
+    def config(self):
+        return {"type": "LeakyReLU", "slope": self.slope}
+
+    def forward(self, xp, params, x, train=False, mask=None):
+        positive = x > 0
+        y = xp.where(positive, x, self.slope * x)
+        return y, lambda dy, need_dx=True: (xp.where(positive, dy, self.slope * dy), {})
+
+
+def sigmoid(xp, x):
+    """1 / (1 + exp(-x)) without overflow for large |x|."""
+    e = xp.exp(-xp.abs(x))
+    return xp.where(x >= 0, 1.0 / (1.0 + e), e / (1.0 + e))
+
+
+class Sigmoid(Layer):
+    """``1 / (1 + exp(-x))``; dy/dx = y (1 - y)."""
+
+    def forward(self, xp, params, x, train=False, mask=None):
+        y = sigmoid(xp, x)
+        return y, lambda dy, need_dx=True: (dy * y * (1.0 - y), {})
+
+
+class Tanh(Layer):
+    """``tanh(x)``; dy/dx = 1 - y**2."""
+
+    def forward(self, xp, params, x, train=False, mask=None):
+        y = xp.tanh(x)
+        return y, lambda dy, need_dx=True: (dy * (1.0 - y * y), {})
+
+
+_GELU_C = math.sqrt(2.0 / math.pi)
+
+
+class GELU(Layer):
+    """GELU in its tanh form (the array API has no erf), as PyTorch's
+    ``gelu(approximate="tanh")``: ``0.5 x (1 + tanh(c (x + 0.044715 x**3)))``."""
+
+    def forward(self, xp, params, x, train=False, mask=None):
+        u = _GELU_C * (x + 0.044715 * x * x * x)
+        t = xp.tanh(u)
+        y = 0.5 * x * (1.0 + t)
+
+        def backward(dy, need_dx=True):
+            du = _GELU_C * (1.0 + 3 * 0.044715 * x * x)
+            return dy * (0.5 * (1.0 + t) + 0.5 * x * (1.0 - t * t) * du), {}
+
+        return y, backward
+
+
+def softmax(xp, x):
+    """Row-wise softmax; subtracting the row max keeps exp() from overflowing."""
+    z = x - xp.max(x, axis=-1, keepdims=True)
+    e = xp.exp(z)
+    return e / xp.sum(e, axis=-1, keepdims=True)
+
+
+class Softmax(Layer):
+    """Row-wise softmax as a layer (for losses on logits, use cross_entropy instead).
+
+    Backward: dx = y * (dy - sum(dy * y)) along each row.
+    """
+
+    def forward(self, xp, params, x, train=False, mask=None):
+        y = softmax(xp, x)
+
+        def backward(dy, need_dx=True):
+            return y * (dy - xp.sum(dy * y, axis=-1, keepdims=True)), {}
+
+        return y, backward
+
+
+class Identity(Layer):
+    def forward(self, xp, params, x, train=False, mask=None):
+        return x, lambda dy, need_dx=True: (dy, {})
+
+
+class Dropout(Layer):
+    """Zeroes each input with probability ``p`` in training and scales the rest
+    by 1 / (1 - p); does nothing at prediction time.
+
+    The mask is drawn on the host from the model's seeded generator and moved
+    with the batch, so every backend drops the same units for the same seed.
+    """
+
+    def __init__(self, p=0.5):
+        if not 0.0 <= p < 1.0:
+            raise ValueError(f"Dropout p must be in [0, 1), got {p!r}")
+        self.p = float(p)
+
+    @property
+    def needs_mask(self):
+        return self.p > 0.0
+
+    def __repr__(self):
+        return f"Dropout({self.p})"
+
+    def config(self):
+        return {"type": "Dropout", "p": self.p}
+
+    def make_mask(self, rng, shape, dtype):
+        """The host mask: 0 for dropped units, 1 / (1 - p) for kept ones."""
+        keep = rng.random(shape) >= self.p
+        return (keep / (1.0 - self.p)).astype(dtype)
+
+    def forward(self, xp, params, x, train=False, mask=None):
+        if not train or not self.needs_mask:
+            return x, lambda dy, need_dx=True: (dy, {})
+        if mask is None:
+            raise ValueError("Dropout in training needs a mask (the model draws one per batch)")
+        return x * mask, lambda dy, need_dx=True: (dy * mask, {})
+
+
+ACTIVATIONS = {
+    "relu": ReLU,
+    "leaky_relu": LeakyReLU,
+    "sigmoid": Sigmoid,
+    "logistic": Sigmoid,
+    "tanh": Tanh,
+    "gelu": GELU,
+    "softmax": Softmax,
+    "identity": Identity,
+    "linear": Identity,
+}
+
+
+def activation(name):
+    """An activation layer by name ('relu', 'tanh', 'sigmoid', 'gelu', ...)."""
+    if isinstance(name, Layer):
+        return name
+    try:
+        return ACTIVATIONS[name]()
+    except KeyError:
+        raise ValueError(
+            f"unknown activation {name!r}; expected one of {', '.join(sorted(ACTIVATIONS))}"
+        ) from None
+
+
+LAYERS = {cls.__name__: cls for cls in (Linear, ReLU, LeakyReLU, Sigmoid, Tanh, GELU, Softmax, Identity, Dropout)}
+
+
+def from_config(config):
+    """Rebuild a layer from :meth:`Layer.config`'s dict."""
+    config = dict(config)
+    kind = config.pop("type", None)
+    if kind not in LAYERS:
+        raise ValueError(f"unknown layer type {kind!r}; expected one of {', '.join(LAYERS)}")
+    return LAYERS[kind](**config)

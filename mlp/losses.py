@@ -1,0 +1,162 @@
+"""Losses on the model's raw outputs, each with its gradient. Mean reduction.
+
+A loss is called as ``loss(xp, out, target) -> (value, d_out)``: the scalar
+loss and its gradient with respect to ``out``, ready for the backward pass.
+"""
+from __future__ import annotations
+
+import math
+
+import array_api_compat
+import numpy as np
+
+from .errors import DataError, fmt_shape, ShapeError
+from .layers import sigmoid
+
+
+class Loss:
+    name = "loss"
+    #: what turns outputs into probabilities: "softmax", "sigmoid" or None
+    output = None
+    #: whether targets are class ids (accuracy makes sense)
+    classification = False
+
+    def __call__(self, xp, out, target):
+        raise NotImplementedError
+
+    def correct(self, xp, out, target):
+        """Number of correct predictions in the batch, or None for regression."""
+        return None
+
+    def __repr__(self):
+        return self.name
+
+
+def _one_hot(xp, labels, k, dtype):
+    classes = xp.arange(k, device=array_api_compat.device(labels))
+    return xp.astype(xp.reshape(labels, (-1, 1)) == classes, dtype)
+
+
+class CrossEntropy(Loss):
+    """Softmax cross-entropy on logits ``[B x K]``.
+
+    Targets are integer class ids ``[B]`` or probability rows ``[B x K]`` (one-hot).
+    ``log softmax(z) = z - max(z) - log(sum(exp(z - max(z))))`` stays finite
+    for any logits; the gradient is ``(softmax(z) - onehot) / B``.
+    """
+
+    name = "cross_entropy"
+    output = "softmax"
+    classification = True
+
+    def __call__(self, xp, out, target):
+        if out.ndim != 2:
+            raise ShapeError(f"cross_entropy expects logits [B x K], got {fmt_shape(out.shape)}")
+        b, k = out.shape
+        if target.ndim == 1:
+            target = _one_hot(xp, target, k, out.dtype)
+        z = out - xp.max(out, axis=-1, keepdims=True)
+        e = xp.exp(z)
+        s = xp.sum(e, axis=-1, keepdims=True)
+        log_p = z - xp.log(s)
+        value = -xp.sum(target * log_p) / b
+        grad = (e / s - target) / b
+        return value, grad
+
+    def correct(self, xp, out, target):
+        if target.ndim == 2:
+            target = xp.argmax(target, axis=-1)
+        return xp.sum(xp.astype(xp.argmax(out, axis=-1) == target, out.dtype))
+
+
+class MSE(Loss):
+    """Mean squared error over every element: ``mean((out - target)**2)``."""
+
+    name = "mse"
+
+    def __call__(self, xp, out, target):
+        if target.ndim == 1 and out.ndim == 2 and out.shape[1] == 1:
+            target = xp.reshape(target, (-1, 1))
+        diff = out - target
+        n = math.prod(diff.shape)
+        return xp.sum(diff * diff) / n, (2.0 / n) * diff
+
+
+class BinaryCrossEntropy(Loss):
+    """Binary cross-entropy on logits, element-wise, averaged:
+    ``max(z, 0) - z y + log(1 + exp(-|z|))``; gradient ``(sigmoid(z) - y) / N``."""
+
+    name = "binary_cross_entropy"
+    output = "sigmoid"
+    classification = True
+
+    def __call__(self, xp, out, target):
+        if target.ndim == 1 and out.ndim == 2 and out.shape[1] == 1:
+            target = xp.reshape(target, (-1, 1))
+        target = xp.astype(target, out.dtype)
+        n = math.prod(out.shape)
+        value = xp.sum(xp.clip(out, min=0.0) - out * target + xp.log1p(xp.exp(-xp.abs(out)))) / n
+        return value, (sigmoid(xp, out) - target) / n
+
+    def correct(self, xp, out, target):
+        if target.ndim == 1 and out.ndim == 2:
+            target = xp.reshape(target, (-1, 1))
+        hit = (out > 0) == (target > 0.5)
+        return xp.sum(xp.astype(hit, out.dtype)) / out.shape[1]
+
+
+LOSSES = {
+    "cross_entropy": CrossEntropy,
+    "ce": CrossEntropy,
+    "mse": MSE,
+    "squared_error": MSE,
+    "binary_cross_entropy": BinaryCrossEntropy,
+    "bce": BinaryCrossEntropy,
+}
+
+
+def get(loss):
+    """A loss object from a name ('cross_entropy', 'mse', 'binary_cross_entropy') or itself."""
+    if isinstance(loss, Loss):
+        return loss
+    try:
+        return LOSSES[loss]()
+    except (KeyError, TypeError):
+        raise ValueError(
+            f"unknown loss {loss!r}; expected one of {', '.join(sorted(LOSSES))}"
+        ) from None
+
+
+def check_targets(loss, y, n_outputs):
+    """Validate host targets for ``loss`` before training; return them as NumPy."""
+    y = np.asarray(y)
+    if isinstance(loss, CrossEntropy):
+        if y.ndim == 1:
+            if not np.issubdtype(y.dtype, np.integer):
+                if np.issubdtype(y.dtype, np.floating) and y.size and np.all(np.isfinite(y)) and np.all(y == np.round(y)):
+                    raise DataError(
+                        f"cross_entropy expects integer class ids, got {y.dtype} labels; "
+                        "convert them with y.astype(int)"
+                    )
+                raise DataError(f"cross_entropy expects integer class ids [B], got dtype {y.dtype}")
+            if y.size and (y.min() < 0 or y.max() >= n_outputs):
+                bad = int(np.flatnonzero((y < 0) | (y >= n_outputs))[0])
+                raise DataError(
+                    f"class id {int(y[bad])} at row {bad} is out of range: the model has "
+                    f"{n_outputs} outputs, so ids must be in 0..{n_outputs - 1}"
+                )
+        elif y.ndim == 2:
+            if y.shape[1] != n_outputs:
+                raise ShapeError(
+                    f"one-hot targets must be [B x {n_outputs}], got {fmt_shape(y.shape)}"
+                )
+        else:
+            raise ShapeError(f"cross_entropy targets must be [B] ids or [B x K] rows, got {fmt_shape(y.shape)}")
+    else:
+        if y.ndim == 1 and n_outputs == 1:
+            y = y.reshape(-1, 1)
+        if y.ndim != 2 or y.shape[1] != n_outputs:
+            raise ShapeError(f"{loss.name} targets must be [B x {n_outputs}], got {fmt_shape(y.shape)}")
+        if not np.issubdtype(y.dtype, np.number) and y.dtype != bool:
+            raise DataError(f"{loss.name} targets must be numbers, got dtype {y.dtype}")
+    return y

@@ -1,0 +1,467 @@
+"""The model: a stack of layers, its parameters on one backend, and training.
+
+Data flows one way: host data -> the backend's device once -> a pure train
+step ``(params, opt_state, x, y, masks) -> (params, opt_state, loss, correct)``
+(compiled on JAX) -> metrics back to the host once per epoch.
+"""
+from __future__ import annotations
+
+import time
+
+import array_api_compat
+import numpy as np
+
+import backends
+
+from . import losses as _losses
+from . import optimizers as _optimizers
+from .errors import DataError, DeviceMismatch, fmt_shape, ShapeError, TrainingDiverged
+from .layers import activation as _activation
+from .layers import Dropout, from_config, Layer, Linear
+from .tree import leaves, tree_map
+
+
+class StopTraining(Exception):
+    """Raised by a callback to end ``fit`` after the current epoch."""
+
+
+class History(dict):
+    """Per-epoch metrics (``loss``, ``accuracy``, ``val_loss``, ...) as lists,
+    plus ``step_loss``: the loss of every step, in order."""
+
+    @property
+    def epochs(self):
+        return len(self.get("loss", []))
+
+    def append(self, **metrics):
+        for k, v in metrics.items():
+            self.setdefault(k, []).append(v)
+
+
+def transfer(x, src, dst):
+    """An array of backend ``src`` as an array of backend ``dst``.
+
+    DLPack where both libraries share the memory kind (zero-copy), else a copy
+    through the host. Arrays are never mutated in place here, so sharing is safe.
+    """
+    if src == dst:
+        return x
+    try:
+        y = dst.xp.from_dlpack(x)
+        if dst.owns(y):
+            return y
+    except Exception:  # noqa: BLE001 - DLPack support differs by library and device
+        pass
+    return dst.asarray(src.to_numpy(x))
+
+
+def _foreign_namespace(x):
+    """The array library of ``x`` when it is a non-NumPy array, else None."""
+    if isinstance(x, (np.ndarray, np.generic, list, tuple, int, float)):
+        return None
+    try:
+        return array_api_compat.array_namespace(x)
+    except TypeError:
+        return None
+
+
+class Sequential:
+    """Layers applied in order, with parameters on one backend.
+
+    ``Sequential(Linear(784, 16), ReLU(), Linear(16, 10), backend="jax", seed=0)``
+
+    Initial weights come from a host ``numpy.random.Generator`` seeded with
+    ``seed`` and are moved to the backend once, so the same seed gives
+    bit-identical starting parameters on every backend and device.
+    """
+
+    def __init__(self, *layers, backend=None, seed=0, dtype="float32", loss="cross_entropy"):
+        if len(layers) == 1 and isinstance(layers[0], (list, tuple)):
+            layers = tuple(layers[0])
+        if not layers:
+            raise ValueError("Sequential needs at least one layer")
+        for i, layer in enumerate(layers):
+            if not isinstance(layer, Layer):
+                raise TypeError(f"layer {i} is {type(layer).__name__}, not an mlp layer")
+        self.layers = list(layers)
+        self._check_widths()
+        if dtype not in ("float32", "float64"):
+            raise ValueError(f"dtype must be 'float32' or 'float64', got {dtype!r}")
+        self.dtype = dtype
+        self.backend = backends.get(backend)
+        self.backend.ensure_dtype(dtype)
+        self.seed = seed
+        self.rng = np.random.default_rng(seed)
+        host = [layer.init(self.rng) for layer in self.layers]
+        self.params = [{k: self.backend.asarray(v.astype(dtype), dtype) for k, v in p.items()} for p in host]
+        self.loss = _losses.get(loss)
+        self.optimizer = None
+        self.opt_state = None
+        self.history = History()
+        self.epoch = 0
+        self._compiled = {}
+        self.traces = 0  # how many times the train step was traced (compiled) on JAX
+
+    # -- structure ----------------------------------------------------------
+    def _check_widths(self):
+        width, source = None, None
+        for i, layer in enumerate(self.layers):
+            if isinstance(layer, Linear):
+                if width is not None and width != layer.in_features:
+                    raise ShapeError(
+                        f"layer {i} {layer!r} expects [B x {layer.in_features}], but layer "
+                        f"{source[0]} {source[1]!r} produces [B x {width}]"
+                    )
+                width, source = layer.out_features, (i, layer)
+        if width is None:
+            raise ValueError("Sequential needs at least one Linear layer")
+
+    @property
+    def input_width(self):
+        return next(layer.in_features for layer in self.layers if isinstance(layer, Linear))
+
+    @property
+    def output_width(self):
+        return [layer.out_features for layer in self.layers if isinstance(layer, Linear)][-1]
+
+    @property
+    def num_params(self):
+        return sum(int(np.prod(a.shape)) for a in leaves(self.params))
+
+    def config(self):
+        """The architecture as JSON-ready values; :meth:`from_config` rebuilds it."""
+        return {
+            "layers": [layer.config() for layer in self.layers],
+            "dtype": self.dtype,
+            "loss": self.loss.name,
+            "seed": self.seed,
+        }
+
+    @classmethod
+    def from_config(cls, config, backend=None):
+        layers = [from_config(c) for c in config["layers"]]
+        return cls(*layers, backend=backend, seed=config.get("seed", 0),
+                   dtype=config.get("dtype", "float32"), loss=config.get("loss", "cross_entropy"))
+
+    def __repr__(self):
+        inner = ", ".join(repr(layer) for layer in self.layers)
+        return f"Sequential({inner}; {self.backend!r}, {self.dtype})"
+
+    def summary(self):
+        """The shape flow and parameter arithmetic, one line per layer."""
+        rows = [("", "Input", f"[B x {self.input_width}]", "", "", "")]
+        total_w = total_b = 0
+        width = self.input_width
+        for i, (layer, p) in enumerate(zip(self.layers, self.params)):
+            width = layer.output_width(width)
+            if isinstance(layer, Linear):
+                w = layer.in_features * layer.out_features
+                b = layer.out_features if layer.bias else 0
+                total_w, total_b = total_w + w, total_b + b
+                math = f"[B x {layer.in_features}] @ [{layer.in_features} x {layer.out_features}]"
+                math += f" + [1 x {layer.out_features}]" if layer.bias else ""
+                weights = f"{layer.in_features} x {layer.out_features} = {w:,}"
+                rows.append((str(i), repr(layer), f"[B x {width}]", math, weights, f"{b:,}"))
+            else:
+                rows.append((str(i), repr(layer), f"[B x {width}]", "", "", ""))
+        header = ("#", "Layer", "Output", "Computes", "Weights", "Biases")
+        table = [header] + rows
+        widths = [max(len(r[c]) for r in table) for c in range(len(header))]
+        lines = [
+            f"Sequential on {self.backend!r}, {self.dtype}",
+            *("  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in table),
+            f"Total params: {total_w + total_b:,} ({total_w:,} weights + {total_b:,} biases)",
+        ]
+        return "\n".join(lines)
+
+    # -- moving between backends -------------------------------------------
+    def to(self, spec, *, device=None):
+        """Move parameters and optimizer state to another backend or device, in memory."""
+        dst = backends.get(spec, device=device)
+        dst.ensure_dtype(self.dtype)
+        src = self.backend
+        self.params = tree_map(lambda a: transfer(a, src, dst), self.params)
+        self.opt_state = tree_map(lambda a: transfer(a, src, dst), self.opt_state)
+        self.backend = dst
+        self._compiled = {}
+        return self
+
+    # -- data --------------------------------------------------------------
+    def _as_input(self, x, name="x"):
+        """``x`` as a ``[B x D]`` array of the model's dtype on its device."""
+        backend = self.backend
+        foreign = _foreign_namespace(x)
+        if foreign is not None and not isinstance(x, np.ndarray):
+            if backend.owns(x):
+                self._check_matrix(x.shape, name)
+                if x.dtype != backend.dtype(self.dtype):
+                    x = backend.xp.astype(x, backend.dtype(self.dtype))
+                return x
+            where = f"{foreign.__name__.split('.')[-1]} array on {array_api_compat.device(x)}"
+            raise DeviceMismatch(
+                f"{name} is a {where}, but the model lives on {backend!r}; pass host (NumPy) "
+                f"data, convert {name} yourself, or move the model with model.to(...)"
+            )
+        try:
+            host = np.asarray(x)
+        except Exception as err:
+            raise DataError(f"{name} could not be read as an array: {err}") from err
+        self._check_matrix(host.shape, name)
+        if not (np.issubdtype(host.dtype, np.number) or host.dtype == bool):
+            raise DataError(f"{name} must be numeric, got dtype {host.dtype}")
+        if np.issubdtype(host.dtype, np.complexfloating):
+            raise DataError(f"{name} must be real numbers, got dtype {host.dtype}")
+        finite = np.isfinite(host).all(axis=1) if host.dtype != bool else np.ones(len(host), bool)
+        if not finite.all():
+            row = int(np.flatnonzero(~finite)[0])
+            raise DataError(
+                f"{name} has NaN or infinite values; the first is in row {row}: {host[row][:8]}"
+            )
+        return backend.asarray(host.astype(self.dtype, copy=False), self.dtype)
+
+    def _check_matrix(self, shape, name):
+        d = self.input_width
+        first = next(f"layer {i} {layer!r}" for i, layer in enumerate(self.layers) if isinstance(layer, Linear))
+        if len(shape) != 2:
+            hint = ""
+            if len(shape) == 1:
+                hint = (f"; for one sample of {shape[0]} features use x.reshape(1, -1)"
+                        if shape[0] == d else "; reshape it to [B x D]")
+            elif len(shape) > 2:
+                hint = f"; flatten each sample with x.reshape({shape[0]}, -1)"
+            raise ShapeError(f"{name} must be [B x {d}] for {first}, got {fmt_shape(shape)}{hint}")
+        if shape[0] == 0:
+            raise DataError(f"{name} is empty: [0 x {shape[1]}]; there is nothing to compute on")
+        if shape[1] != d:
+            raise ShapeError(f"{first} expects [B x {d}], got {name} {fmt_shape(shape)}")
+
+    def _as_target(self, y, loss, n):
+        backend = self.backend
+        if _foreign_namespace(y) is not None and not isinstance(y, np.ndarray):
+            if not backend.owns(y):
+                raise DeviceMismatch(
+                    f"y is an array of another library or device than the model ({backend!r})"
+                )
+            y = backend.to_numpy(y)  # validated on the host below, once
+        host = _losses.check_targets(loss, y, self.output_width)
+        if host.shape[0] != n:
+            raise ShapeError(f"x has {n} rows but y has {host.shape[0]}: they must match")
+        if np.issubdtype(host.dtype, np.integer) and host.ndim == 1:
+            return backend.asarray(host.astype("int32"), "int32")
+        if not np.isfinite(host).all():
+            row = int(np.flatnonzero(~np.isfinite(host).reshape(len(host), -1).all(axis=1))[0])
+            raise DataError(f"y has NaN or infinite values; the first is in row {row}")
+        return backend.asarray(host.astype(self.dtype), self.dtype)
+
+    # -- forward and backward ----------------------------------------------
+    def _forward(self, params, x, train=False, masks=()):
+        """Run every layer; return the output and the backward function."""
+        xp = self.backend.xp
+        backs = []
+        masks = iter(masks)
+        for layer, p in zip(self.layers, params):
+            mask = next(masks) if train and layer.needs_mask else None
+            x, back = layer.forward(xp, p, x, train=train, mask=mask)
+            backs.append(back)
+
+        def backward(dout):
+            grads = [None] * len(backs)
+            for i in range(len(backs) - 1, -1, -1):
+                dout, grads[i] = backs[i](dout, need_dx=i > 0)
+            return grads
+
+        return x, backward
+
+    def _masks(self, batch):
+        """Host-drawn dropout masks for one training batch, moved to the device."""
+        masks, width = [], self.input_width
+        for layer in self.layers:
+            if layer.needs_mask:
+                host = layer.make_mask(self.rng, (batch, width), self.dtype)
+                masks.append(self.backend.asarray(host, self.dtype))
+            width = layer.output_width(width)
+        return masks
+
+    def forward(self, x):
+        """The model's raw outputs (logits) for ``x``, on the model's device."""
+        fn = self._compiled.get("infer")
+        if fn is None:
+            fn = self._compiled["infer"] = self.backend.jit(lambda params, x: self._forward(params, x)[0])
+        return fn(self.params, self._as_input(x))
+
+    __call__ = forward
+
+    def predict_proba(self, x):
+        """Class probabilities: softmax of the outputs (sigmoid for binary cross-entropy)."""
+        out = self.forward(x)
+        xp = self.backend.xp
+        if self.loss.output == "sigmoid":
+            from .layers import sigmoid
+
+            return sigmoid(xp, out)
+        from .layers import softmax
+
+        return softmax(xp, out)
+
+    def predict(self, x):
+        """Predicted class ids (argmax of the outputs); raw outputs for regression."""
+        out = self.forward(x)
+        xp = self.backend.xp
+        if self.loss.output == "sigmoid":
+            return xp.astype(out > 0, xp.int32)
+        if self.loss.output == "softmax":
+            return xp.argmax(out, axis=-1)
+        return out
+
+    def loss_and_grads(self, x, y, loss=None, train=False):
+        """The mean loss on ``(x, y)`` and its gradient for every parameter.
+
+        ``grads`` is shaped like ``params``: a list with one dict per layer.
+        """
+        loss = _losses.get(loss) if loss is not None else self.loss
+        X = self._as_input(x)
+        Y = self._as_target(y, loss, X.shape[0])
+        masks = self._masks(X.shape[0]) if train else ()
+        out, backward = self._forward(self.params, X, train=train, masks=masks)
+        value, dout = loss(self.backend.xp, out, Y)
+        return value, backward(dout)
+
+    def evaluate(self, x, y, loss=None):
+        """Mean loss (and accuracy for classification) on ``(x, y)``, as floats."""
+        loss = _losses.get(loss) if loss is not None else self.loss
+        X = self._as_input(x)
+        Y = self._as_target(y, loss, X.shape[0])
+        out = self.forward(X)
+        value, _ = loss(self.backend.xp, out, Y)
+        result = {"loss": float(self.backend.to_numpy(value))}
+        if loss.classification:
+            correct = loss.correct(self.backend.xp, out, Y)
+            result["accuracy"] = float(self.backend.to_numpy(correct)) / X.shape[0]
+        return result
+
+    # -- training ----------------------------------------------------------
+    def train_step(self, loss=None, optimizer=None):
+        """The pure step ``(params, opt_state, x, y, masks) -> (params, opt_state,
+        loss, correct)``, compiled once per backend through ``Backend.jit``."""
+        loss = _losses.get(loss) if loss is not None else self.loss
+        optimizer = optimizer if optimizer is not None else self.optimizer
+        key = ("step", id(loss), id(optimizer))
+        fn = self._compiled.get(key)
+        if fn is not None:
+            return fn
+        xp = self.backend.xp
+
+        def step(params, opt_state, x, y, masks):
+            self.traces += 1  # runs once per trace on JAX, every call elsewhere
+            out, backward = self._forward(params, x, train=True, masks=masks)
+            value, dout = loss(xp, out, y)
+            params, opt_state = optimizer.update(params, backward(dout), opt_state)
+            return params, opt_state, value, loss.correct(xp, out, y)
+
+        fn = self._compiled[key] = self.backend.jit(step)
+        return fn
+
+    def set_optimizer(self, optimizer, **kwargs):
+        """Use ``optimizer`` (an Optimizer or a name such as 'adam') from now on,
+        with fresh state."""
+        self.optimizer = _optimizers.get(optimizer, **kwargs)
+        self.opt_state = self.optimizer.init(self.params)
+        return self.optimizer
+
+    def fit(self, x, y, *, epochs=1, batch_size=32, optimizer=None, loss=None, shuffle=True,
+            validation_data=None, callbacks=()):
+        """Train for ``epochs`` passes over ``(x, y)`` in mini-batches.
+
+        Host data is moved to the device once; each epoch shuffles with a host
+        permutation (from the model's seeded generator) and slices batches on
+        the device. Returns the :class:`History` (also kept as ``self.history``).
+        ``optimizer`` defaults to the one in use, else ``Adam()``; a callback
+        ``cb(model, epoch, logs)`` runs after each epoch and may raise
+        :class:`StopTraining`.
+        """
+        if loss is not None:
+            self.loss = _losses.get(loss)
+        if optimizer is not None and optimizer is not self.optimizer:
+            self.set_optimizer(optimizer)
+        elif self.optimizer is None:
+            self.set_optimizer("adam")
+        if not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
+            raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
+        if not isinstance(epochs, (int, np.integer)) or epochs < 0:
+            raise ValueError(f"epochs must be a non-negative int, got {epochs!r}")
+        X = self._as_input(x)
+        n = X.shape[0]
+        Y = self._as_target(y, self.loss, n)
+        if validation_data is not None:
+            Xv = self._as_input(validation_data[0], "validation x")
+            Yv = self._as_target(validation_data[1], self.loss, Xv.shape[0])
+        step = self.train_step()
+        xp = self.backend.xp
+        bs = min(int(batch_size), n)
+        for _ in range(epochs):
+            start = time.perf_counter()
+            order = self.rng.permutation(n) if shuffle else np.arange(n)
+            idx = self.backend.asarray(order.astype("int32"), "int32")
+            losses, corrects = [], []
+            for i in range(0, n, bs):
+                batch = idx[i:min(i + bs, n)]
+                xb, yb = xp.take(X, batch, axis=0), xp.take(Y, batch, axis=0)
+                masks = self._masks(xb.shape[0])
+                self.params, self.opt_state, value, correct = step(self.params, self.opt_state, xb, yb, masks)
+                losses.append(value)
+                corrects.append(correct)
+            self.epoch += 1
+            logs = self._epoch_logs(losses, corrects, n, bs)
+            logs["time"] = time.perf_counter() - start
+            if validation_data is not None:
+                val = self.evaluate(Xv, Yv)
+                logs.update({f"val_{k}": v for k, v in val.items()})
+            self.history.append(**{k: v for k, v in logs.items() if k != "step_loss"})
+            self.history.setdefault("step_loss", []).extend(logs["step_loss"])
+            try:
+                for cb in callbacks:
+                    cb(self, self.epoch, logs)
+            except StopTraining:
+                break
+        return self.history
+
+    def _epoch_logs(self, losses, corrects, n, bs):
+        xp, backend = self.backend.xp, self.backend
+        step_loss = backend.to_numpy(xp.stack(losses)).astype(float)
+        if not np.isfinite(step_loss).all():
+            bad = int(np.flatnonzero(~np.isfinite(step_loss))[0])
+            raise TrainingDiverged(
+                f"training diverged in epoch {self.epoch}, step {bad + 1}: the loss is "
+                f"{step_loss[bad]}; lower the learning rate or check the data",
+                epoch=self.epoch, step=bad + 1,
+            )
+        sizes = np.full(len(losses), bs, dtype=float)
+        sizes[-1] = n - bs * (len(losses) - 1)
+        logs = {"loss": float(np.dot(step_loss, sizes) / n), "step_loss": step_loss.tolist()}
+        if corrects and corrects[0] is not None:
+            logs["accuracy"] = float(backend.to_numpy(xp.sum(xp.stack(corrects)))) / n
+        return logs
+
+
+def MLP(sizes, activation="relu", *, dropout=0.0, init=None, bias=True, **kwargs):
+    """A multilayer perceptron from layer widths: ``MLP([784, 16, 10])`` is
+    ``Linear(784, 16), ReLU(), Linear(16, 10)``.
+
+    ``init`` defaults to 'he' for ReLU-like activations and 'glorot' otherwise;
+    ``dropout`` adds a Dropout after each hidden activation. Other keyword
+    arguments (``backend``, ``seed``, ``dtype``, ``loss``) go to :class:`Sequential`.
+    """
+    sizes = list(sizes)
+    if len(sizes) < 2:
+        raise ValueError(f"MLP needs at least an input and an output width, got {sizes!r}")
+    name = activation if isinstance(activation, str) else type(activation).__name__.lower()
+    if init is None:
+        init = "he" if name in ("relu", "leaky_relu", "leakyrelu", "gelu") else "glorot"
+    layers = []
+    for i, (d_in, d_out) in enumerate(zip(sizes[:-1], sizes[1:])):
+        layers.append(Linear(d_in, d_out, bias=bias, init=init))
+        if i < len(sizes) - 2:
+            layers.append(_activation(activation))  # layers without params can be shared
+            if dropout:
+                layers.append(Dropout(dropout))
+    return Sequential(*layers, **kwargs)

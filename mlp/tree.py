@@ -1,0 +1,19 @@
+"""Maps over the nested lists, tuples and dicts that hold parameters and state."""
+
+
+def tree_map(fn, tree, *rest):
+    """Apply ``fn`` to the leaves of ``tree`` (and the same leaves of ``rest``)."""
+    if isinstance(tree, dict):
+        return {k: tree_map(fn, tree[k], *(r[k] for r in rest)) for k in tree}
+    if isinstance(tree, (list, tuple)):
+        return type(tree)(tree_map(fn, t, *(r[i] for r in rest)) for i, t in enumerate(tree))
+    if tree is None:
+        return None
+    return fn(tree, *rest)
+
+
+def leaves(tree):
+    """The leaves of ``tree`` in a fixed order."""
+    out = []
+    tree_map(out.append, tree)
+    return out

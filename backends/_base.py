@@ -98,8 +98,12 @@ class Backend:
         return self.xp.asarray(np.asarray(obj), dtype=dtype, device=self.device)
 
     def to_numpy(self, x):
-        """An array of this backend as a NumPy array on the host."""
-        return np.asarray(x)
+        """An array of this backend as a NumPy array on the host (DLPack where
+        the library offers it, else ``numpy.asarray``)."""
+        try:
+            return np.from_dlpack(x)
+        except (AttributeError, BufferError, RuntimeError, TypeError, ValueError):
+            return np.asarray(x)
 
     def owns(self, x):
         """True when ``x`` is an array of this library on this backend's device."""

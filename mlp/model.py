@@ -369,7 +369,7 @@ class Sequential:
         return self.optimizer
 
     def fit(self, x, y, *, epochs=1, batch_size=32, optimizer=None, loss=None, shuffle=True,
-            validation_data=None, callbacks=()):
+            validation_data=None, callbacks=(), on_batch=None):
         """Train for ``epochs`` passes over ``(x, y)`` in mini-batches.
 
         Host data is moved to the device once; each epoch shuffles with a host
@@ -377,7 +377,8 @@ class Sequential:
         the device. Returns the :class:`History` (also kept as ``self.history``).
         ``optimizer`` defaults to the one in use, else ``Adam()``; a callback
         ``cb(model, epoch, logs)`` runs after each epoch and may raise
-        :class:`StopTraining`.
+        :class:`StopTraining`. ``on_batch(step, n_steps)``, if given, runs after
+        each step is dispatched (it reads nothing from the device: for progress bars).
         """
         if loss is not None:
             self.loss = _losses.get(loss)
@@ -398,6 +399,7 @@ class Sequential:
         step = self.train_step()
         xp = self.backend.xp
         bs = min(int(batch_size), n)
+        n_steps = -(-n // bs)
         for _ in range(epochs):
             start = time.perf_counter()
             order = self.rng.permutation(n) if shuffle else np.arange(n)
@@ -410,6 +412,8 @@ class Sequential:
                 self.params, self.opt_state, value, correct = step(self.params, self.opt_state, xb, yb, masks)
                 losses.append(value)
                 corrects.append(correct)
+                if on_batch is not None:
+                    on_batch(i // bs, n_steps)
             self.epoch += 1
             logs = self._epoch_logs(losses, corrects, n, bs)
             logs["time"] = time.perf_counter() - start

@@ -174,6 +174,19 @@ def _arch(model):
     return "-".join(str(w) for w in widths)
 
 
+def _activation_name(model):
+    from .layers import Dropout, Linear
+
+    return next((type(l).__name__ for l in model.layers if not isinstance(l, (Linear, Dropout))), "linear")
+
+
+def _opt_text(opt):
+    text = f"{type(opt).__name__} lr={opt.lr:g}"
+    if getattr(opt, "momentum", 0):
+        text += f" momentum={opt.momentum:g}{' nesterov' if opt.nesterov else ''}"
+    return text + (f" weight_decay={opt.weight_decay:g}" if opt.weight_decay else "")
+
+
 def _history_path(save, plot):
     base = save if save else plot
     return os.path.splitext(base)[0] + ".history.json"
@@ -279,10 +292,10 @@ def _train(args):
     save = args.save or args.resume
     last = model.epoch + args.epochs
     bs = settings["batch_size"]
-    _say(args, f"mlp: {'resuming' if meta else 'training'} {_arch(model)} ({settings['activation']}) on "
+    _say(args, f"mlp: {'resuming' if meta else 'training'} {_arch(model)} ({_activation_name(model)}) on "
                f"{data.name}: {len(y):,} train / {len(data.y_test):,} test"
                f"{f' / {len(validation[1]):,} validation' if validation else ''}; "
-               f"{model.optimizer!r}, batch {bs}, epochs {model.epoch + 1}..{last}; "
+               f"{_opt_text(model.optimizer)}, batch {bs}, epochs {model.epoch + 1}..{last}; "
                f"{model.backend.spec}, {model.dtype}")
 
     extra = {"train": settings, "dataset": _dataset_info(data)}
@@ -468,7 +481,8 @@ def _predict(args):
 def _summary(args):
     if args.checkpoint:
         model, meta = checkpoint.load(args.checkpoint, backend="numpy")
-        text = f"{args.checkpoint}: epoch {model.epoch}, optimizer {model.optimizer!r}\n{model.summary()}"
+        opt = _opt_text(model.optimizer) if model.optimizer is not None else "none"
+        text = f"{args.checkpoint}: epoch {model.epoch}, optimizer {opt}\n{model.summary()}"
     else:
         sizes = args.sizes
         if sizes is None:

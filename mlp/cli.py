@@ -67,6 +67,9 @@ def _positive(text):
     return value
 
 
+_sizes.__name__, _fraction.__name__, _positive.__name__ = "sizes", "fraction", "positive integer"
+
+
 def _where(p):
     p.add_argument("--backend", default=None,
                    help="numpy, jax, torch, cupy, array_api_strict, ... (default: MLP_BACKEND, else numpy)")

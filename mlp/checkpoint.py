@@ -55,6 +55,8 @@ def _fill(template, prefix, tensors, backend, path):
     if prefix not in tensors:
         raise CheckpointError(f"{path}: tensor {prefix!r} is missing; the checkpoint is incomplete")
     host = tensors[prefix]
+    if not hasattr(template, "shape"):  # a plain Python number in the optimizer state
+        return type(template)(host.item())
     if tuple(host.shape) != tuple(template.shape):
         raise CheckpointError(f"{path}: tensor {prefix!r} is {list(host.shape)}, the model "
                               f"expects {list(template.shape)}")
@@ -144,7 +146,7 @@ def load(path, backend=None):
     tensors, meta = read(path)
     try:
         model = Sequential.from_config(meta["config"], backend=backend)
-    except (KeyError, TypeError) as err:
+    except (KeyError, TypeError, ValueError) as err:
         raise CheckpointError(f"{path}: the architecture in the checkpoint is invalid: {err}") from err
     model.params = _fill(model.params, "params", tensors, model.backend, path)
     if meta["optimizer"] is not None:

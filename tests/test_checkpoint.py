@@ -145,6 +145,9 @@ def test_bad_files_raise_checkpoint_error(tmp_path):
     save_file(tensors, other, metadata=header)
     with pytest.raises(CheckpointError, match="params.3.W"):
         checkpoint.load(other)
+    save_file({}, other, metadata={**header, "config": json.dumps({"layers": [{"type": "Conv9D"}]})})
+    with pytest.raises(CheckpointError, match="unknown layer type 'Conv9D'"):
+        checkpoint.load(other)
     save_file({}, other, metadata={**header, "format_version": "99"})
     with pytest.raises(CheckpointError, match="upgrade mlp"):
         checkpoint.load(other)

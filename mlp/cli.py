@@ -276,6 +276,13 @@ def _train(args):
     if args.resume:
         model, meta = checkpoint.load(args.resume, backend=backend)
     settings = _settings(args, meta)
+    if meta is not None and "train" not in meta["extra"]:  # saved from Python: describe the model as it is
+        from .layers import Linear
+
+        widths = [layer.out_features for layer in model.layers if isinstance(layer, Linear)][:-1]
+        settings.update(hidden=widths, dtype=model.dtype, seed=model.seed, activation=_activation_name(model).lower())
+        if model.optimizer is not None:
+            settings.update(optimizer=model.optimizer.config()["name"], lr=model.optimizer.lr)
     if args.early_stopping and not settings["val_split"]:
         raise CLIError("--early-stopping watches the validation loss: add --val-split (e.g. --val-split 0.1)")
     data = datasets.load(settings["dataset"], data_dir=args.data_dir, seed=SPLIT_SEED, test_size=TEST_SIZE)

@@ -263,3 +263,21 @@ def test_python_dash_m_mlp(tmp_path):
              "print(sorted(m for m in ('jax', 'torch', 'cupy', 'matplotlib', 'sklearn') if m in sys.modules))")
     proc = subprocess.run([sys.executable, "-c", check], capture_output=True, text=True, timeout=120)
     assert proc.stdout.strip() == "[]", proc.stderr
+
+
+def test_resume_a_checkpoint_saved_from_python(capsys, tmp_path):
+    """The command continues a model saved with the API exactly as ``fit`` would."""
+    import mlp
+    from mlp import checkpoint, datasets
+
+    data = datasets.load("digits")
+    model = mlp.MLP([64, 20, 10], activation="tanh", seed=2)
+    model.fit(data.x_train, data.y_train, epochs=1, batch_size=32, optimizer="momentum")
+    path = str(tmp_path / "api.safetensors")
+    checkpoint.save(model, path)
+    result = train_json(capsys, "--resume", path, "--epochs", "1", "--quiet")
+    assert result["architecture"] == "64-20-10" and result["epochs"] == 2
+    model.fit(data.x_train, data.y_train, epochs=1, batch_size=32)
+    resumed, meta = checkpoint.load(path)
+    assert all(np.array_equal(a, b) for p, q in zip(model.params, resumed.params) for a, b in zip(p.values(), q.values()))
+    assert meta["extra"]["train"]["hidden"] == [20] and meta["extra"]["train"]["optimizer"] == "sgd"

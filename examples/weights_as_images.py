@@ -22,6 +22,8 @@ def main(argv=None):
     parser.add_argument("--hidden", type=int, default=16)
     parser.add_argument("--epochs", type=int, default=20)
     parser.add_argument("--out", default="weights.png")
+    parser.add_argument("--weight-decay", type=float, default=1e-2,
+                        help="L2 penalty: pulls weights that see no signal (the empty border) to zero")
     parser.add_argument("--backend", default=None)
     args = parser.parse_args(argv)
     try:
@@ -37,7 +39,7 @@ def main(argv=None):
     d = data.x_train.shape[1]
     model = mlp.MLP([d, args.hidden, data.n_classes], backend=args.backend, seed=0)
     model.fit(data.x_train, data.y_train, epochs=args.epochs, batch_size=64,
-              optimizer=mlp.Adam(lr=2e-3, weight_decay=1e-4))
+              optimizer=mlp.Adam(lr=2e-3, weight_decay=args.weight_decay))
     acc = model.evaluate(data.x_test, data.y_test)["accuracy"]
     W = model.backend.to_numpy(model.params[0]["W"])  # [D x hidden]
 

@@ -8,7 +8,7 @@ The math runs through the array namespace of the model's backend (see the
 ``backends`` package), so the same code trains on NumPy, CuPy, JAX, PyTorch and
 array-api-strict. Importing mlp imports none of JAX, CuPy, PyTorch or scikit-learn.
 """
-from . import losses, optimizers
+from . import checkpoint, datasets, losses, optimizers
 from .errors import DataError, DeviceMismatch, MLPError, ShapeError, TrainingDiverged
 from .layers import (GELU, Dropout, Identity, Layer, LeakyReLU, Linear, ReLU, Sigmoid, Softmax,
                      Tanh)
@@ -20,6 +20,6 @@ __version__ = "0.1.0"
 __all__ = [
     "MLP", "Sequential", "History", "StopTraining", "transfer",
     "Layer", "Linear", "ReLU", "LeakyReLU", "Sigmoid", "Tanh", "GELU", "Softmax", "Identity", "Dropout",
-    "SGD", "Adam", "AdamW", "losses", "optimizers",
+    "SGD", "Adam", "AdamW", "losses", "optimizers", "datasets", "checkpoint",
     "MLPError", "ShapeError", "DataError", "DeviceMismatch", "TrainingDiverged",
 ]

@@ -48,6 +48,8 @@ class JaxBackend(Backend):
         """A :class:`DataParallel` placement over ``devices`` (an int or "all")
         devices of this backend's platform; :class:`SingleDevice` for one."""
         n = check_devices(devices)
+        if n is None:  # "all": every device of this platform, in every process
+            n = len(self.library.devices(self.device.platform))
         if n == 1:
             return super().data_parallel(1)
         return DataParallel(self, n, batch_size)
@@ -68,6 +70,7 @@ class DataParallel:
     """
 
     def __init__(self, backend, n, batch_size=None):
+        """``n`` devices of ``backend``'s platform, starting at its own device."""
         jax = self.jax = backend.library
         from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
@@ -76,7 +79,6 @@ class DataParallel:
         if jax.process_count() == 1:  # start at the backend's own device
             at = devices.index(backend.device)
             devices = devices[at:] + devices[:at]
-        n = len(devices) if n is None else n
         if n > len(devices):
             hint = (
                 " (on CPU, set XLA_FLAGS=--xla_force_host_platform_device_count="

@@ -8,8 +8,11 @@ from ._base import Backend, BackendUnavailable, check_devices
 
 EXTRA = "jax"
 
-# Held while a data-parallel step is dispatched (and, on CPU, run): see DataParallel.
+# Data-parallel steps of different threads never run at the same time (see
+# DataParallel): the lock orders dispatch, and _LAST_STEP remembers which thread
+# dispatched the latest step and that step's loss (ready when the step is done).
 _STEP_LOCK = threading.Lock()
+_LAST_STEP = [None, None]
 
 
 class JaxBackend(Backend):
@@ -99,15 +102,6 @@ class DataParallel:
         self.mesh = Mesh(np.array(devices[:n]), ("batch",))
         self.replicated = NamedSharding(self.mesh, PartitionSpec())
         self.split = NamedSharding(self.mesh, PartitionSpec("batch"))
-        # Deadlock guard (docs/multidevice.md, "The hang"): a program with an
-        # all-reduce runs as one share per device, and each share blocks at the
-        # all-reduce until every other share arrives. When two threads dispatch
-        # such programs at once, devices can start them in different orders and
-        # each waits for a peer that is busy with the other program: a hang.
-        # One lock per process serialises the steps, and on CPU each step is
-        # also waited for inside the lock (XLA:CPU's asynchronous dispatch can
-        # still interleave steps that were merely dispatched in order).
-        self.wait = platform == "cpu"
 
     def __repr__(self):
         return f"DataParallel({self.n} devices: {', '.join(str(d) for d in self.mesh.devices)})"
@@ -130,13 +124,24 @@ class DataParallel:
 
     def wrap(self, step):
         """``step(params, opt_state, x, y, masks)`` with the batch ``(x, y, masks)``
-        sharded, one step at a time per process (see ``wait``)."""
+        sharded, guarded against the cross-thread deadlock.
+
+        A step with an all-reduce runs as one share per device, and each share
+        waits at the all-reduce for the others. When two threads' steps are in
+        flight together, devices can start them in different orders and each
+        waits for a peer busy with the other step: a hang (docs/multidevice.md,
+        "The hang"). So before a thread dispatches a step, the steps another
+        thread left in flight are waited for; one thread alone never waits.
+        """
         def sharded_step(params, opt_state, x, y, masks):
             x, y, masks = self.shard((x, y, masks))
+            me = threading.get_ident()
             with _STEP_LOCK:
+                thread, pending = _LAST_STEP
+                if thread != me and pending is not None:
+                    self.jax.block_until_ready(pending)
                 out = step(params, opt_state, x, y, masks)
-                if self.wait:
-                    self.jax.block_until_ready(out)
+                _LAST_STEP[:] = [me, out[2]]
             return out
 
         return sharded_step

@@ -10,7 +10,9 @@ process simulates exactly N devices. Simulated CPU devices share the machine's
 cores: on a 2-core machine there is no speed-up to expect, and the table shows
 the cost of splitting each batch, the all-reduce and the per-step wait (see
 docs/multidevice.md). "1 (plain)" is ``fit`` without ``devices``.
-The first epoch (compilation) is not timed; the table shows medians.
+The first epoch (compilation) is not timed; the configurations take turns over
+``--repeats`` rounds (so a busy moment on a shared machine hits them all) and
+the table shows the median epoch of all rounds.
 """
 from __future__ import annotations
 
@@ -57,22 +59,25 @@ def main(argv=None):
     parser.add_argument("--quick", action="store_true", help="fewer samples and epochs")
     parser.add_argument("--platform", choices=("cpu", "gpu"), default="cpu")
     parser.add_argument("--devices", type=int, nargs="+", default=[1, 2, 4])
+    parser.add_argument("--repeats", type=int, default=3, help="rounds over all configurations")
     parser.add_argument("--json", help="also write the results to this file")
     args = parser.parse_args(argv)
     config = dict(sizes=[784, 256, 10], batch=256, samples=16_384, epochs=3)
     if args.quick:
         config.update(samples=4_096, epochs=2)
+        args.repeats = 1
 
     rows = [("1 (plain)", None)] + [(str(n), n) for n in args.devices]
-    results = {}
-    for label, devices in rows:
-        results[label] = run(config, devices, args.platform)
+    results = {label: {"samples_per_s": []} for label, _ in rows}
+    for _ in range(args.repeats):
+        for label, devices in rows:
+            results[label]["samples_per_s"] += run(config, devices, args.platform)["samples_per_s"]
     base = statistics.median(results["1 (plain)"]["samples_per_s"])
 
     print(f"mlp data-parallel fit on JAX {args.platform} ({'simulated ' if args.platform == 'cpu' else ''}"
           f"devices; {os.cpu_count()} cores; {platform.processor() or platform.machine()})")
     print(f"MLP {'-'.join(map(str, config['sizes']))}, global batch {config['batch']}, "
-          f"{config['samples']:,} samples, median of {config['epochs']} epochs")
+          f"{config['samples']:,} samples, median of {config['epochs']} epochs x {args.repeats} rounds")
     print(f"{'devices':>10}  {'samples/s':>10}  {'vs plain':>8}  {'rows/device':>11}")
     for label, devices in rows:
         speed = statistics.median(results[label]["samples_per_s"])

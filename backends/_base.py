@@ -124,6 +124,25 @@ class Backend:
         """Wait until queued device work (or the work producing ``arrays``) is done."""
         return arrays[0] if len(arrays) == 1 else arrays
 
+    # -- several devices -----------------------------------------------------
+    def data_parallel(self, devices=None, *, batch_size=None):
+        """A :class:`SingleDevice` placement, or an error for ``devices > 1``.
+
+        ``fit(devices=...)`` asks for this. Only the JAX backend trains one model
+        over several devices (it overrides this method); one device is this
+        backend's own, so ``None`` and ``1`` change nothing here.
+        """
+        n = check_devices(devices)
+        if n == 1:
+            return SingleDevice()
+        asked = "all devices" if n is None else f"{n} devices"
+        raise BackendUnavailable(
+            f"{self!r} trains on one device; data-parallel training over {asked} needs the "
+            "JAX backend (backend='jax', or 'jax:gpu' for GPUs). Multi-GPU CuPy would need "
+            "an all-reduce of the gradients (NCCL through cupy.cuda.nccl) and a model copy "
+            "per GPU; see docs/multidevice.md."
+        )
+
     # -- random numbers ----------------------------------------------------
     def random(self, shape, *, rng=None, seed=None, dist="uniform", dtype="float32"):
         """Seeded random numbers, drawn on the host and moved here.
@@ -141,3 +160,41 @@ class Backend:
             raise ValueError(f"dist must be 'uniform' or 'normal', got {dist!r}")
         name = dtype if isinstance(dtype, str) else self.dtype_name(dtype)
         return self.asarray(host.astype(name), dtype=name)
+
+
+def check_devices(devices):
+    """``None`` or ``1`` -> 1, a positive int -> itself, ``"all"`` -> None
+    (every device the backend can use); anything else is a ValueError."""
+    if devices is None:
+        return 1
+    if isinstance(devices, str) and devices.strip().lower() == "all":
+        return None
+    if isinstance(devices, str) and devices.strip().isdigit():
+        devices = int(devices)
+    if isinstance(devices, bool) or not isinstance(devices, (int, np.integer)) or devices < 1:
+        raise ValueError(f"devices must be a positive int or 'all', got {devices!r}")
+    return int(devices)
+
+
+class SingleDevice:
+    """The placement for training on one device: every method hands back what it got.
+
+    The data-parallel placement of the JAX backend (``backends._jax.DataParallel``)
+    has the same methods: ``replicate`` (parameters and optimizer state to every
+    device), ``shard`` (a batch split along its first axis), ``gather`` (back to
+    the backend's own device) and ``wrap`` (a train step that shards its batch).
+    """
+
+    n = 1
+
+    def wrap(self, step):
+        return step
+
+    def replicate(self, tree):
+        return tree
+
+    def shard(self, tree):
+        return tree
+
+    def gather(self, tree):
+        return tree

@@ -1,11 +1,18 @@
 """JAX on its CPU or GPU devices; the one backend with a compiler (``jax.jit``)."""
+import threading
 import warnings
 
 import numpy as np
 
-from ._base import Backend, BackendUnavailable
+from ._base import Backend, BackendUnavailable, check_devices
 
 EXTRA = "jax"
+
+# Data-parallel steps of different threads never run at the same time (see
+# DataParallel): the lock orders dispatch, and _LAST_STEP remembers which thread
+# dispatched the latest step and that step's loss (ready when the step is done).
+_STEP_LOCK = threading.Lock()
+_LAST_STEP = [None, None]
 
 
 class JaxBackend(Backend):
@@ -39,6 +46,114 @@ class JaxBackend(Backend):
         else:
             self.library.effects_barrier()
         return arrays[0] if len(arrays) == 1 else arrays
+
+    def data_parallel(self, devices=None, *, batch_size=None):
+        """A :class:`DataParallel` placement over ``devices`` (an int or "all")
+        devices of this backend's platform; :class:`SingleDevice` for one."""
+        n = check_devices(devices)
+        if n is None:  # "all": every device of this platform, in every process
+            n = len(self.library.devices(self.device.platform))
+        if n == 1:
+            return super().data_parallel(1)
+        return DataParallel(self, n, batch_size)
+
+
+class DataParallel:
+    """Data-parallel training on a JAX mesh: one axis, ``"batch"``, over n devices.
+
+    Parameters and optimizer state are replicated on every device; each batch is
+    split along its first axis. The compiled train step is the same function:
+    XLA partitions it by the shardings of its inputs and inserts the all-reduce
+    that turns the per-device partial sums into the mean over the global batch.
+    A batch whose size does not divide by n (only the last, partial batch of an
+    epoch can be one: ``fit`` checks ``batch_size``) is replicated instead: every
+    device computes it whole, which gives the same numbers as one device.
+    Across processes (``jax.distributed``) every process holds the same global
+    batch and places only its own devices' shards.
+    """
+
+    def __init__(self, backend, n, batch_size=None):
+        """``n`` devices of ``backend``'s platform, starting at its own device."""
+        jax = self.jax = backend.library
+        from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+        platform = backend.device.platform
+        devices = jax.devices(platform)
+        if jax.process_count() == 1:  # start at the backend's own device
+            at = devices.index(backend.device)
+            devices = devices[at:] + devices[:at]
+        if n > len(devices):
+            hint = (
+                " (on CPU, set XLA_FLAGS=--xla_force_host_platform_device_count="
+                f"{n} before JAX starts to simulate {n} devices)" if platform == "cpu" else ""
+            )
+            raise BackendUnavailable(
+                f"jax has {len(devices)} {platform} device(s); data-parallel training asked "
+                f"for {n}{hint}"
+            )
+        if batch_size is not None and batch_size % n:
+            raise ValueError(
+                f"batch_size {batch_size} does not split evenly over {n} devices; use a "
+                f"multiple of {n} (e.g. {max(n, batch_size // n * n)}): the global batch "
+                "size is the one you ask for, and each device gets batch_size / devices rows"
+            )
+        self.n = n
+        self.home = backend.device
+        self.mesh = Mesh(np.array(devices[:n]), ("batch",))
+        self.replicated = NamedSharding(self.mesh, PartitionSpec())
+        self.split = NamedSharding(self.mesh, PartitionSpec("batch"))
+
+    def __repr__(self):
+        return f"DataParallel({self.n} devices: {', '.join(str(d) for d in self.mesh.devices)})"
+
+    def _put(self, x, sharding):
+        if self.jax.process_count() == 1:
+            return self.jax.device_put(x, sharding)
+        # Several processes: each places the shards of its own devices.
+        return self.jax.make_array_from_callback(x.shape, sharding, lambda index: x[index])
+
+    def replicate(self, tree):
+        """Parameters and optimizer state: a full copy on every device."""
+        return self.jax.tree.map(lambda x: self._put(x, self.replicated), tree)
+
+    def shard(self, tree):
+        """A batch: rows split evenly over the devices (replicated where they do not split)."""
+        return self.jax.tree.map(
+            lambda x: self._put(x, self.replicated if x.shape[0] % self.n else self.split), tree
+        )
+
+    def wrap(self, step):
+        """``step(params, opt_state, x, y, masks)`` with the batch ``(x, y, masks)``
+        sharded, guarded against the cross-thread deadlock.
+
+        A step with an all-reduce runs as one share per device, and each share
+        waits at the all-reduce for the others. When two threads' steps are in
+        flight together, devices can start them in different orders and each
+        waits for a peer busy with the other step: a hang (docs/multidevice.md,
+        "The hang"). So before a thread dispatches a step, the steps another
+        thread left in flight are waited for; one thread alone never waits.
+        """
+        def sharded_step(params, opt_state, x, y, masks):
+            x, y, masks = self.shard((x, y, masks))
+            me = threading.get_ident()
+            with _STEP_LOCK:
+                thread, pending = _LAST_STEP
+                if thread != me and pending is not None:
+                    self.jax.block_until_ready(pending)
+                out = step(params, opt_state, x, y, masks)
+                _LAST_STEP[:] = [me, out[2]]
+            return out
+
+        return sharded_step
+
+    def gather(self, tree):
+        """Replicated arrays back to the backend's own device, as one-device arrays."""
+        def local(x):
+            if not x.is_fully_addressable:  # replicated: any local copy is the whole array
+                x = x.addressable_data(0)
+            return self.jax.device_put(x, self.home)
+
+        return self.jax.tree.map(local, tree)
 
 
 def enable_x64(jax):
@@ -74,7 +189,8 @@ def load(device=None):
     import jax
 
     try:
-        devices = jax.devices(platform) if platform else jax.devices()
+        # this process's devices (all of them unless jax.distributed runs several)
+        devices = jax.local_devices(backend=platform)
     except RuntimeError as err:
         raise BackendUnavailable(
             f"jax {jax.__version__}: installed, no {platform.upper()} device "

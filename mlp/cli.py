@@ -67,7 +67,12 @@ def _positive(text):
     return value
 
 
+def _devices(text):
+    return "all" if text == "all" else _positive(text)
+
+
 _sizes.__name__, _fraction.__name__, _positive.__name__ = "sizes", "fraction", "positive integer"
+_devices.__name__ = "'all' or a positive integer"
 
 
 def _where(p):
@@ -97,6 +102,9 @@ def build_parser():
     t.add_argument("--dropout", type=_fraction, default=None, help="dropout after each hidden layer (default: 0)")
     t.add_argument("--epochs", type=int, default=20, help="epochs to run now (default: 20)")
     t.add_argument("--batch-size", type=_positive, default=None, help="(default: 32)")
+    t.add_argument("--devices", type=_devices, default=None, metavar="N|all",
+                   help="data-parallel training over N devices, or all (JAX only; "
+                        "the batch size must divide by N)")
     t.add_argument("--optimizer", choices=("sgd", "momentum", "nesterov", "adam", "adamw"), default=None,
                    help="(default: adam)")
     t.add_argument("--lr", type=float, default=None, help="learning rate (default: the optimizer's: adam 1e-3, sgd 1e-2)")
@@ -320,7 +328,7 @@ def _train(args):
     start_epoch = model.epoch
     start = time.perf_counter()
     model.fit(x, y, epochs=args.epochs, batch_size=bs, validation_data=validation, callbacks=callbacks,
-              on_batch=progress.on_batch)
+              on_batch=progress.on_batch, devices=args.devices)
     fit_seconds = time.perf_counter() - start
     test = model.evaluate(data.x_test, data.y_test)
     wall = time.perf_counter() - start

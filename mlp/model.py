@@ -369,7 +369,7 @@ class Sequential:
         return self.optimizer
 
     def fit(self, x, y, *, epochs=1, batch_size=32, optimizer=None, loss=None, shuffle=True,
-            validation_data=None, callbacks=(), on_batch=None):
+            validation_data=None, callbacks=(), on_batch=None, devices=None):
         """Train for ``epochs`` passes over ``(x, y)`` in mini-batches.
 
         Host data is moved to the device once; each epoch shuffles with a host
@@ -379,6 +379,12 @@ class Sequential:
         ``cb(model, epoch, logs)`` runs after each epoch and may raise
         :class:`StopTraining`. ``on_batch(step, n_steps)``, if given, runs after
         each step is dispatched (it reads nothing from the device: for progress bars).
+
+        ``devices`` (an int or ``"all"``; JAX only) trains data-parallel: the
+        parameters are replicated on that many devices and each batch of
+        ``batch_size`` rows (which must divide by the device count) is split
+        over them; see docs/multidevice.md. Between epochs the parameters are
+        back on the model's own device.
         """
         if loss is not None:
             self.loss = _losses.get(loss)
@@ -400,11 +406,14 @@ class Sequential:
         xp = self.backend.xp
         bs = min(int(batch_size), n)
         n_steps = -(-n // bs)
+        dp = self.backend.data_parallel(devices, batch_size=int(batch_size))  # no-op for one device
+        step = dp.wrap(step)  # shards each batch over the devices
         for _ in range(epochs):
             start = time.perf_counter()
             order = self.rng.permutation(n) if shuffle else np.arange(n)
             idx = self.backend.asarray(order.astype("int32"), "int32")
             losses, corrects = [], []
+            self.params, self.opt_state = dp.replicate((self.params, self.opt_state))
             for i in range(0, n, bs):
                 batch = idx[i:min(i + bs, n)]
                 xb, yb = xp.take(X, batch, axis=0), xp.take(Y, batch, axis=0)
@@ -414,6 +423,7 @@ class Sequential:
                 corrects.append(correct)
                 if on_batch is not None:
                     on_batch(i // bs, n_steps)
+            self.params, self.opt_state = dp.gather((self.params, self.opt_state))
             self.epoch += 1
             logs = self._epoch_logs(losses, corrects, n, bs)
             logs["time"] = time.perf_counter() - start

@@ -66,13 +66,17 @@ class _L2Linear(Linear):
 
 
 class _HalfMSE(_losses.MSE):
-    """scikit-learn's squared loss: ``mean((out - y)**2) / 2`` (half of :class:`mlp.losses.MSE`)."""
+    """scikit-learn's squared loss: the value is ``mean((out - y)**2) / 2`` over every
+    element (half of :class:`mlp.losses.MSE`), and, as in scikit-learn, the gradient is
+    ``(out - y) / n_samples``: that of the per-sample *sum* over the k outputs, so
+    k times the value's own gradient when there are k > 1 targets."""
 
     name = "mse"
 
     def __call__(self, xp, out, target):
         value, grad = super().__call__(xp, out, target)
-        return value / 2, grad / 2
+        k = out.shape[1] if out.ndim == 2 else 1
+        return value / 2, grad * (k / 2)
 
 
 class _SummedBCE(_losses.BinaryCrossEntropy):
@@ -208,15 +212,14 @@ class _BaseMLP(BaseEstimator):
             self._model = self._new_model(X.shape[1], Y.shape[1], int(rs.randint(2**31 - 1)))
             self._optimizer = self._new_optimizer()
             self._model.set_optimizer(self._optimizer)
-            self.n_iter_, self.t_ = 0, 0
-        if first or not incremental:
+            self._sync_attributes()
+            self.t_ = 0
             self.loss_curve_ = []
             self._no_improvement_count = 0
-            self.best_loss_ = np.inf
-            if self.early_stopping:
-                self.validation_scores_ = []
-                self.best_validation_score_ = -np.inf
-                self.best_loss_ = None
+            self.best_loss_ = None if self.early_stopping else np.inf
+            self.validation_scores_ = [] if self.early_stopping else None
+            self.best_validation_score_ = -np.inf if self.early_stopping else None
+        self.n_iter_ = 0  # iterations of this call, as in scikit-learn (1 after partial_fit)
         model = self._model
         if self.early_stopping:
             X, X_val, Y, Y_val = train_test_split(
@@ -238,14 +241,15 @@ class _BaseMLP(BaseEstimator):
         Yd = model._as_target(self._targets(Y), model.loss, n)
         n_batches = -(-n // bs)
         for _ in range(1 if incremental else self.max_iter):
+            l2 = self._l2() if self.alpha else 0.0  # with the weights the epoch starts from
             history = model.fit(Xd, Yd, epochs=1, batch_size=bs, optimizer=self._optimizer,
                                 shuffle=bool(self.shuffle))
             self.n_iter_ += 1
             self.t_ += n
             self._sync_attributes()
-            # scikit-learn's loss: the data loss plus 0.5 * alpha * ||W||^2 / batch size
-            # for every batch (here with the weights at the end of the epoch).
-            self.loss_ = history["loss"][-1] + self._l2() * n_batches / n
+            # scikit-learn's loss: the data loss plus 0.5 * alpha * ||W||^2 / batch size for
+            # every batch (here with the weights at the start of the epoch: exact for one batch).
+            self.loss_ = history["loss"][-1] + l2 * n_batches / n
             self.loss_curve_.append(self.loss_)
             if self.verbose:
                 print(f"Iteration {self.n_iter_}, loss = {self.loss_:.8f}")

@@ -15,6 +15,7 @@ from sklearn.model_selection import GridSearchCV, train_test_split  # noqa: E402
 from sklearn.pipeline import make_pipeline  # noqa: E402
 from sklearn.preprocessing import StandardScaler  # noqa: E402
 from sklearn.utils.estimator_checks import parametrize_with_checks  # noqa: E402
+from threadpoolctl import threadpool_limits  # noqa: E402
 
 from mlp.sklearn import MLPClassifier, MLPRegressor, expected_failed_checks  # noqa: E402
 
@@ -159,7 +160,7 @@ def test_pandas_frames_and_lists():
 # -- digits: accuracy against scikit-learn's own MLPClassifier ------------------------------
 
 DIGITS_PARAMS = dict(hidden_layer_sizes=(64,), learning_rate_init=0.003, max_iter=30, alpha=1e-4)
-DIGITS_SEEDS = (0, 1, 2)
+DIGITS_SEEDS = tuple(range(10))
 
 
 def digits_split():
@@ -174,7 +175,7 @@ def test_digits_accuracy_at_least_sklearns():
     the mean over seeds and allow two standard errors of that difference of means."""
     Xtr, Xte, ytr, yte = digits_split()
     ours, theirs = [], []
-    with warnings.catch_warnings():
+    with warnings.catch_warnings(), threadpool_limits(1):  # small matrices: threads only contend
         warnings.simplefilter("ignore", ConvergenceWarning)
         for seed in DIGITS_SEEDS:
             ours.append(MLPClassifier(random_state=seed, **DIGITS_PARAMS).fit(Xtr, ytr).score(Xte, yte))

@@ -184,11 +184,12 @@ class _BaseMLP(BaseEstimator):
                    nesterov=bool(self.nesterovs_momentum and self.momentum > 0))
 
     def _sync_attributes(self):
-        """Copy the parameters back to the host as scikit-learn's ``coefs_`` / ``intercepts_``."""
+        """Copy the parameters to the host as scikit-learn's ``coefs_`` / ``intercepts_``
+        (copies, also on NumPy: editing them never reaches the network, nor the reverse)."""
         model = self._model
         linear = [p for layer, p in zip(model.layers, model.params) if isinstance(layer, Linear)]
-        self.coefs_ = [model.backend.to_numpy(p["W"]) for p in linear]
-        self.intercepts_ = [model.backend.to_numpy(p["b"]) for p in linear]
+        self.coefs_ = [np.array(model.backend.to_numpy(p["W"])) for p in linear]
+        self.intercepts_ = [np.array(model.backend.to_numpy(p["b"])) for p in linear]
 
     def _l2(self):
         return 0.5 * self.alpha * sum(float(np.sum(c.astype(np.float64) ** 2)) for c in self.coefs_)
@@ -228,7 +229,7 @@ class _BaseMLP(BaseEstimator):
             if X_val.shape[0] < 2:
                 raise ValueError("The validation set is too small. Increase 'validation_fraction' "
                                  "or the size of your dataset.")
-            best_params = model.params
+            best_params = self._snapshot()
         n = X.shape[0]
         if self.batch_size == "auto":
             bs = min(200, n)
@@ -260,7 +261,7 @@ class _BaseMLP(BaseEstimator):
                     print(f"Validation score: {score:f}")
                 worse = score < self.best_validation_score_ + self.tol
                 if score > self.best_validation_score_:
-                    self.best_validation_score_, best_params = score, model.params
+                    self.best_validation_score_, best_params = score, self._snapshot()
             else:
                 worse = self.loss_ > self.best_loss_ - self.tol
                 self.best_loss_ = min(self.best_loss_, self.loss_)
@@ -275,9 +276,14 @@ class _BaseMLP(BaseEstimator):
                 warnings.warn(f"Stochastic Optimizer: Maximum iterations ({self.max_iter}) reached "
                               "and the optimization hasn't converged yet.", ConvergenceWarning)
         if self.early_stopping:
-            model.params = best_params  # arrays are never mutated in place: a list is a snapshot
+            model.params = best_params
             self._sync_attributes()
         return self
+
+    def _snapshot(self):
+        """A copy of the network's parameters on its device (for early stopping's best)."""
+        xp = self._model.backend.xp
+        return tree_map(lambda a: xp.asarray(a, copy=True), self._model.params)
 
     def _stratify_labels(self, Y):
         return None
@@ -314,11 +320,6 @@ class _BaseMLP(BaseEstimator):
             ]
             model.optimizer = self._optimizer
             model.opt_state = tree_map(lambda a: b.asarray(a, a.dtype.name), opt_state)
-
-    def __sklearn_tags__(self):
-        tags = super().__sklearn_tags__()
-        tags.non_deterministic = False
-        return tags
 
 
 class MLPClassifier(ClassifierMixin, _BaseMLP):

@@ -143,6 +143,7 @@ def test_pipeline_and_grid_search_on_numpy_and_jax():
     np.testing.assert_allclose(scores["jax"], scores["numpy"], atol=1e-12)
 
 
+@pytest.mark.filterwarnings("ignore:X does not have valid feature names:UserWarning")
 def test_pandas_frames_and_lists():
     pd = pytest.importorskip("pandas")
     X, y = make_classification(n_samples=80, n_features=4, random_state=1)
@@ -227,6 +228,28 @@ def test_partial_fit_needs_classes_first_and_continues():
     assert clf.loss_curve_[-1] < clf.loss_curve_[1]
     with pytest.raises(ValueError, match="classes not in"):
         clf.partial_fit(X, np.where(y, 2, 0))
+    before = clf.predict_proba(X)
+    clf.coefs_[0][:] = 0.0  # a host copy: the network keeps its weights
+    np.testing.assert_array_equal(clf.predict_proba(X), before)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_copy_keeps_weights_optimizer_and_random_stream(backend):
+    """deepcopy (and so pickle, joblib, clone of fitted estimators) goes through
+    __getstate__/__setstate__: weights, Adam's moments and the shuffle generator
+    come back on the backend, so training goes on exactly as in the original."""
+    import copy
+
+    X, y = make_classification(n_samples=60, n_features=4, random_state=0)
+    clf = MLPClassifier(hidden_layer_sizes=(6,), learning_rate_init=0.01, batch_size=16,
+                        backend=backend, random_state=0)
+    clf.partial_fit(X, y, classes=[0, 1])
+    twin = copy.deepcopy(clf)
+    assert twin._model.backend.name == backend and twin._model is not clf._model
+    for est in (clf, twin):
+        est.partial_fit(X, y)
+    np.testing.assert_array_equal(twin.predict_proba(X), clf.predict_proba(X))
+    assert twin.loss_curve_ == clf.loss_curve_
 
 
 def test_regressor_multioutput_and_loss_convention():
@@ -257,6 +280,7 @@ def test_early_stopping_keeps_the_best_weights():
     assert clf.score(Xval, yval) == pytest.approx(clf.best_validation_score_)
 
 
+@pytest.mark.filterwarnings("ignore::sklearn.exceptions.ConvergenceWarning")
 def test_multilabel():
     X, Y = make_classification(n_samples=100, n_features=5, random_state=0)[0], None
     Y = np.stack([X[:, 0] > 0, X[:, 1] + X[:, 2] > 0, X[:, 3] < 0.5], axis=1).astype(int)
@@ -266,6 +290,7 @@ def test_multilabel():
     assert clf.score(X, Y) > 0.8  # subset accuracy: every label of a row right
 
 
+@pytest.mark.filterwarnings("ignore::sklearn.exceptions.ConvergenceWarning")
 def test_clear_errors():
     X, y = np.zeros((10, 3)), np.arange(10) % 2
     with pytest.raises(ValueError, match="'lbfgs' is not supported"):

@@ -1,6 +1,7 @@
 """mlp.sklearn: scikit-learn's own estimator checks, the same training arithmetic as
 scikit-learn's MLP, pipelines and grid search, digits accuracy against scikit-learn's
 MLPClassifier, and the backend matrix."""
+import importlib.util
 import warnings
 
 import numpy as np
@@ -21,7 +22,8 @@ from mlp.sklearn import MLPClassifier, MLPRegressor, expected_failed_checks  # n
 
 # Small and quick, yet able to reach the scores scikit-learn's checks ask for.
 CHECKED = dict(hidden_layer_sizes=(16,), max_iter=40, learning_rate_init=0.01, random_state=0)
-BACKENDS = ["numpy", "jax"]
+BACKENDS = ["numpy", "jax"]  # the issue's two; the checks also run on these where installed:
+EXTRA_CHECK_BACKENDS = [b for b in ("torch", "array_api_strict") if importlib.util.find_spec(b)]
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -50,7 +52,7 @@ def _checked(backend):
     return [MLPClassifier(backend=backend, **CHECKED), MLPRegressor(backend=backend, **CHECKED)]
 
 
-@parametrize_with_checks([e for b in BACKENDS for e in _checked(b)],
+@parametrize_with_checks([e for b in BACKENDS + EXTRA_CHECK_BACKENDS for e in _checked(b)],
                          expected_failed_checks=expected_failed_checks)
 @pytest.mark.filterwarnings("ignore::sklearn.exceptions.ConvergenceWarning")
 def test_sklearn_estimator_checks(estimator, check):
@@ -288,6 +290,20 @@ def test_multilabel():
                         random_state=0).fit(X, Y)
     assert clf.predict(X).shape == (100, 3) and clf.predict_proba(X).shape == (100, 3)
     assert clf.score(X, Y) > 0.8  # subset accuracy: every label of a row right
+
+
+def test_torch_backend_takes_read_only_arrays_quietly():
+    """scikit-learn hands estimators read-only memmaps; torch.asarray warns when it
+    shares read-only memory, so the torch backend copies such arrays."""
+    pytest.importorskip("torch")
+    import backends
+
+    host = np.arange(6.0).reshape(2, 3)
+    host.flags.writeable = False
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        x = backends.get("torch").asarray(host, "float64")
+    np.testing.assert_array_equal(backends.get("torch").to_numpy(x), host)
 
 
 @pytest.mark.filterwarnings("ignore::sklearn.exceptions.ConvergenceWarning")

@@ -48,6 +48,21 @@ def jax_compilation_cache(tmp_path_factory):
         jax.config.update(k, v)
 
 
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """The data here is tiny: BLAS and PyTorch thread pools only contend (with each
+    other and with the other tests on a 2-core machine). Restored afterwards."""
+    torch = None
+    if importlib.util.find_spec("torch"):
+        import torch
+        threads = torch.get_num_threads()
+        torch.set_num_threads(1)
+    with threadpool_limits(1):
+        yield
+    if torch is not None:
+        torch.set_num_threads(threads)
+
+
 def _checked(backend):
     return [MLPClassifier(backend=backend, **CHECKED), MLPRegressor(backend=backend, **CHECKED)]
 
@@ -178,7 +193,7 @@ def test_digits_accuracy_at_least_sklearns():
     the mean over seeds and allow two standard errors of that difference of means."""
     Xtr, Xte, ytr, yte = digits_split()
     ours, theirs = [], []
-    with warnings.catch_warnings(), threadpool_limits(1):  # small matrices: threads only contend
+    with warnings.catch_warnings():
         warnings.simplefilter("ignore", ConvergenceWarning)
         for seed in DIGITS_SEEDS:
             ours.append(MLPClassifier(random_state=seed, **DIGITS_PARAMS).fit(Xtr, ytr).score(Xte, yte))

@@ -7,6 +7,12 @@ EXTRA = "torch"
 
 
 class TorchBackend(Backend):
+    def asarray(self, obj, dtype=None):
+        host = np.asarray(obj)
+        if not host.flags.writeable:  # torch warns on sharing read-only memory (memmaps)
+            host = host.copy()
+        return super().asarray(host, dtype)
+
     def to_numpy(self, x):
         return x.detach().cpu().numpy()
 

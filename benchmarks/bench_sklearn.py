@@ -41,9 +41,7 @@ def main(argv=None):
     args = parser.parse_args(argv)
 
     import sklearn
-    from sklearn.datasets import load_digits
     from sklearn.exceptions import ConvergenceWarning
-    from sklearn.model_selection import train_test_split
     from sklearn.neural_network import MLPClassifier as SkMLP
 
     from mlp.sklearn import MLPClassifier
@@ -53,8 +51,10 @@ def main(argv=None):
     if args.threads:
         threadpool_limits(args.threads)
     warnings.simplefilter("ignore", ConvergenceWarning)
-    X, y = load_digits(return_X_y=True)
-    Xtr, Xte, ytr, yte = train_test_split(X / 16.0, y, test_size=0.25, random_state=0, stratify=y)
+    from mlp import datasets
+
+    data = datasets.load("digits")  # the bundled copy, scaled to [0, 1]
+    Xtr, Xte, ytr, yte = data.x_train, data.x_test, data.y_train, data.y_test
     params = dict(hidden_layer_sizes=(args.hidden,), solver="adam", learning_rate_init=1e-3,
                   alpha=1e-4, batch_size="auto", max_iter=args.max_iter,
                   n_iter_no_change=args.max_iter + 1, random_state=0)

@@ -10,7 +10,7 @@ import pytest
 pytest.importorskip("sklearn")
 
 import sklearn.neural_network as sknn  # noqa: E402
-from sklearn.datasets import load_digits, make_classification, make_regression  # noqa: E402
+from sklearn.datasets import make_classification, make_regression  # noqa: E402
 from sklearn.exceptions import ConvergenceWarning  # noqa: E402
 from sklearn.model_selection import GridSearchCV, train_test_split  # noqa: E402
 from sklearn.pipeline import make_pipeline  # noqa: E402
@@ -182,8 +182,10 @@ DIGITS_SEEDS = tuple(range(10))
 
 
 def digits_split():
-    X, y = load_digits(return_X_y=True)
-    return train_test_split(X / 16.0, y, test_size=0.25, random_state=0, stratify=y)
+    from mlp import datasets
+
+    data = datasets.load("digits")  # the bundled copy, already scaled to [0, 1]
+    return data.x_train, data.x_test, data.y_train, data.y_test
 
 
 def test_digits_accuracy_at_least_sklearns():

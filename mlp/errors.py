@@ -1,4 +1,7 @@
-"""The errors mlp raises on bad input. Each says what was expected and what came."""
+"""The errors mlp raises on bad input. Each says what was expected and what came.
+
+docs/errors.md lists every bad input we try and the exact message it gets.
+"""
 
 
 class MLPError(Exception):
@@ -26,6 +29,27 @@ class TrainingDiverged(MLPError, FloatingPointError):
         self.step = step
 
 
+class OutOfMemory(MLPError, MemoryError):
+    """A device (or the host) ran out of memory; the message names the batch size."""
+
+
 def fmt_shape(shape):
     """(4, 784) -> '[4 x 784]'; a vector (784,) -> '[784]'."""
     return "[" + " x ".join(str(d) for d in shape) + "]"
+
+
+# Out-of-memory errors of the array libraries, recognised without importing them:
+# torch.OutOfMemoryError (and torch.cuda.OutOfMemoryError), cupy.cuda.memory.OutOfMemoryError,
+# jaxlib's XlaRuntimeError/JaxRuntimeError "RESOURCE_EXHAUSTED: Out of memory ...".
+_OOM_NAMES = ("OutOfMemoryError",)
+_OOM_TEXT = ("RESOURCE_EXHAUSTED", "out of memory", "CUDA_ERROR_OUT_OF_MEMORY", "cudaErrorMemoryAllocation")
+
+
+def is_out_of_memory(err):
+    """True for MemoryError and the array libraries' out-of-memory errors."""
+    if isinstance(err, MemoryError):
+        return True
+    if any(type(err).__name__ == name for name in _OOM_NAMES):
+        return True
+    text = str(err)
+    return isinstance(err, RuntimeError) and any(t.lower() in text.lower() for t in _OOM_TEXT)

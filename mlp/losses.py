@@ -127,6 +127,10 @@ def get(loss):
         ) from None
 
 
+def _real(y):
+    return y.dtype == bool or np.issubdtype(y.dtype, np.integer) or np.issubdtype(y.dtype, np.floating)
+
+
 def check_targets(loss, y, n_outputs):
     """Validate host targets for ``loss`` before training; return them as NumPy."""
     y = np.asarray(y)
@@ -146,6 +150,8 @@ def check_targets(loss, y, n_outputs):
                     f"{n_outputs} outputs, so ids must be in 0..{n_outputs - 1}"
                 )
         elif y.ndim == 2:
+            if not _real(y):
+                raise DataError(f"cross_entropy targets [B x K] must be numbers, got dtype {y.dtype}")
             if y.shape[1] != n_outputs:
                 raise ShapeError(
                     f"one-hot targets must be [B x {n_outputs}], got {fmt_shape(y.shape)}"
@@ -157,6 +163,6 @@ def check_targets(loss, y, n_outputs):
             y = y.reshape(-1, 1)
         if y.ndim != 2 or y.shape[1] != n_outputs:
             raise ShapeError(f"{loss.name} targets must be [B x {n_outputs}], got {fmt_shape(y.shape)}")
-        if not np.issubdtype(y.dtype, np.number) and y.dtype != bool:
-            raise DataError(f"{loss.name} targets must be numbers, got dtype {y.dtype}")
+        if not _real(y):
+            raise DataError(f"{loss.name} targets must be real numbers, got dtype {y.dtype}")
     return y

@@ -15,7 +15,8 @@ import backends
 
 from . import losses as _losses
 from . import optimizers as _optimizers
-from .errors import DataError, DeviceMismatch, fmt_shape, ShapeError, TrainingDiverged
+from .errors import (DataError, DeviceMismatch, fmt_shape, is_out_of_memory, OutOfMemory, ShapeError,
+                     TrainingDiverged)
 from .layers import activation as _activation
 from .layers import Dropout, from_config, Layer, Linear
 from .tree import leaves, tree_map
@@ -53,6 +54,20 @@ def transfer(x, src, dst):
     except Exception:  # noqa: BLE001 - DLPack support differs by library and device
         pass
     return dst.asarray(src.to_numpy(x))
+
+
+def _where(x):
+    """'a jax array on cpu:0': the library and device of a non-NumPy array, for messages."""
+    for name in ("torch", "jax", "cupy", "array_api_strict", "dask", "ndonnx"):
+        test = getattr(array_api_compat, f"is_{name}_array", None) or getattr(array_api_compat, f"is_{name}_obj", None)
+        if test is not None and test(x):
+            break
+    else:
+        name = type(x).__module__.split(".")[0]
+    device = str(array_api_compat.device(x))
+    if device.startswith("array_api_strict.Device("):
+        device = device[len("array_api_strict.Device("):-1].strip("'")
+    return f"a {name} array on {device}"
 
 
 def _foreign_namespace(x):
@@ -193,19 +208,17 @@ class Sequential:
         foreign = _foreign_namespace(x)
         if foreign is not None and not isinstance(x, np.ndarray):
             if backend.owns(x):
-                self._check_matrix(x.shape, name)
-                if x.dtype != backend.dtype(self.dtype):
-                    x = backend.xp.astype(x, backend.dtype(self.dtype))
-                return x
-            where = f"{foreign.__name__.split('.')[-1]} array on {array_api_compat.device(x)}"
+                return self._check_device_input(x, name)
             raise DeviceMismatch(
-                f"{name} is a {where}, but the model lives on {backend!r}; pass host (NumPy) "
+                f"{name} is {_where(x)}, but the model lives on {backend!r}; pass host (NumPy) "
                 f"data, convert {name} yourself, or move the model with model.to(...)"
             )
         try:
             host = np.asarray(x)
         except Exception as err:
             raise DataError(f"{name} could not be read as an array: {err}") from err
+        if host.size == 0:
+            raise DataError(f"{name} is empty: {fmt_shape(host.shape)}; there is nothing to compute on")
         self._check_matrix(host.shape, name)
         if not (np.issubdtype(host.dtype, np.number) or host.dtype == bool):
             raise DataError(f"{name} must be numeric, got dtype {host.dtype}")
@@ -218,6 +231,20 @@ class Sequential:
                 f"{name} has NaN or infinite values; the first is in row {row}: {host[row][:8]}"
             )
         return backend.asarray(host.astype(self.dtype, copy=False), self.dtype)
+
+    def _check_device_input(self, x, name):
+        """The checks of host data, on an array already on the model's device (one sync)."""
+        xp, want = self.backend.xp, self.backend.dtype(self.dtype)
+        self._check_matrix(x.shape, name)
+        if not xp.isdtype(x.dtype, ("real floating", "integral", "bool")):
+            raise DataError(f"{name} must be real numbers, got dtype {x.dtype}")
+        if x.dtype != want:
+            x = xp.astype(x, want)
+        finite = xp.all(xp.isfinite(x), axis=1)
+        if not bool(self.backend.to_numpy(xp.all(finite))):
+            row = int(np.flatnonzero(~np.asarray(self.backend.to_numpy(finite)))[0])
+            raise DataError(f"{name} has NaN or infinite values; the first is in row {row}")
+        return x
 
     def _check_matrix(self, shape, name):
         d = self.input_width
@@ -240,7 +267,8 @@ class Sequential:
         if _foreign_namespace(y) is not None and not isinstance(y, np.ndarray):
             if not backend.owns(y):
                 raise DeviceMismatch(
-                    f"y is an array of another library or device than the model ({backend!r})"
+                    f"y is {_where(y)}, but the model lives on {backend!r}; pass host (NumPy) "
+                    f"labels, convert y yourself, or move the model with model.to(...)"
                 )
             y = backend.to_numpy(y)  # validated on the host below, once
         host = _losses.check_targets(loss, y, self.output_width)
@@ -287,9 +315,20 @@ class Sequential:
         fn = self._compiled.get("infer")
         if fn is None:
             fn = self._compiled["infer"] = self.backend.jit(lambda params, x: self._forward(params, x)[0])
-        return fn(self.params, self._as_input(x))
+        return self._guard_memory(lambda: fn(self.params, self._as_input(x)), "a forward pass over x")
 
     __call__ = forward
+
+    def _guard_memory(self, run, what, hint="pass fewer rows at a time"):
+        """``run()``, with an out-of-memory error of any library turned into :class:`OutOfMemory`."""
+        try:
+            return run()
+        except Exception as err:  # noqa: BLE001 - libraries' OOM errors have no common base class
+            if not is_out_of_memory(err) or isinstance(err, OutOfMemory):
+                raise
+            first = (str(err).strip().splitlines() or [type(err).__name__])[0][:200]
+            raise OutOfMemory(f"out of memory on {self.backend!r} during {what} "
+                              f"({type(err).__name__}: {first}); {hint}") from err
 
     def predict_proba(self, x):
         """Class probabilities: softmax of the outputs (sigmoid for binary cross-entropy)."""
@@ -331,7 +370,14 @@ class Sequential:
         loss = _losses.get(loss) if loss is not None else self.loss
         X = self._as_input(x)
         Y = self._as_target(y, loss, X.shape[0])
-        out = self.forward(X)
+        return self._guard_memory(lambda: self._scores(X, Y, loss), "evaluate() over x")
+
+    def _scores(self, X, Y, loss):
+        """:meth:`evaluate` on arrays already checked and on the device."""
+        fn = self._compiled.get("infer")
+        if fn is None:
+            fn = self._compiled["infer"] = self.backend.jit(lambda params, x: self._forward(params, x)[0])
+        out = fn(self.params, X)
         value, _ = loss(self.backend.xp, out, Y)
         result = {"loss": float(self.backend.to_numpy(value))}
         if loss.classification:
@@ -396,40 +442,58 @@ class Sequential:
             raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
         if not isinstance(epochs, (int, np.integer)) or epochs < 0:
             raise ValueError(f"epochs must be a non-negative int, got {epochs!r}")
-        X = self._as_input(x)
+        move = "keep the data on the host and train on a part of it, or use another device"
+        X = self._guard_memory(lambda: self._as_input(x), "moving x to the device", move)
         n = X.shape[0]
         Y = self._as_target(y, self.loss, n)
+        validation = None
         if validation_data is not None:
             Xv = self._as_input(validation_data[0], "validation x")
-            Yv = self._as_target(validation_data[1], self.loss, Xv.shape[0])
-        step = self.train_step()
-        xp = self.backend.xp
+            validation = Xv, self._as_target(validation_data[1], self.loss, Xv.shape[0])
         bs = min(int(batch_size), n)
-        n_steps = -(-n // bs)
         dp = self.backend.data_parallel(devices, batch_size=int(batch_size))  # no-op for one device
-        step = dp.wrap(step)  # shards each batch over the devices
+        self._guard_memory(
+            lambda: self._epochs(X, Y, epochs, bs, shuffle, validation, callbacks, on_batch, dp),
+            f"training with batch size {bs} ([{bs} x {self.input_width}] inputs, {self.num_params:,} parameters)",
+            f"try a batch size smaller than {bs} (--batch-size), a smaller model, or another device",
+        )
+        return self.history
+
+    def _epochs(self, X, Y, epochs, bs, shuffle, validation, callbacks, on_batch, dp):
+        step = dp.wrap(self.train_step())  # shards each batch over the devices
+        xp = self.backend.xp
+        n = X.shape[0]
+        n_steps = -(-n // bs)
         for _ in range(epochs):
             start = time.perf_counter()
-            order = self.rng.permutation(n) if shuffle else np.arange(n)
-            idx = self.backend.asarray(order.astype("int32"), "int32")
-            losses, corrects = [], []
-            self.params, self.opt_state = dp.replicate((self.params, self.opt_state))
-            for i in range(0, n, bs):
-                batch = idx[i:min(i + bs, n)]
-                xb, yb = xp.take(X, batch, axis=0), xp.take(Y, batch, axis=0)
-                masks = self._masks(xb.shape[0])
-                self.params, self.opt_state, value, correct = step(self.params, self.opt_state, xb, yb, masks)
-                losses.append(value)
-                corrects.append(correct)
-                if on_batch is not None:
-                    on_batch(i // bs, n_steps)
-            self.params, self.opt_state = dp.gather((self.params, self.opt_state))
+            # Steps are pure, so references are a snapshot: an epoch that fails (diverges, runs
+            # out of memory, is interrupted) leaves the model exactly as the last finished one did.
+            good = self.params, self.opt_state, self.rng.bit_generator.state
+            try:
+                order = self.rng.permutation(n) if shuffle else np.arange(n)
+                idx = self.backend.asarray(order.astype("int32"), "int32")
+                losses, corrects = [], []
+                self.params, self.opt_state = dp.replicate((self.params, self.opt_state))
+                for i in range(0, n, bs):
+                    batch = idx[i:min(i + bs, n)]
+                    xb, yb = xp.take(X, batch, axis=0), xp.take(Y, batch, axis=0)
+                    masks = self._masks(xb.shape[0])
+                    self.params, self.opt_state, value, correct = step(self.params, self.opt_state, xb, yb, masks)
+                    losses.append(value)
+                    corrects.append(correct)
+                    if on_batch is not None:
+                        on_batch(i // bs, n_steps)
+                self.params, self.opt_state = dp.gather((self.params, self.opt_state))
+                logs = self._epoch_logs(losses, corrects, n, bs, self.epoch + 1)
+                logs["time"] = time.perf_counter() - start
+                if validation:
+                    val = self._scores(validation[0], validation[1], self.loss)
+                    logs.update({f"val_{k}": v for k, v in val.items()})
+            except BaseException:
+                self.params, self.opt_state = good[:2]
+                self.rng.bit_generator.state = good[2]
+                raise
             self.epoch += 1
-            logs = self._epoch_logs(losses, corrects, n, bs)
-            logs["time"] = time.perf_counter() - start
-            if validation_data is not None:
-                val = self.evaluate(Xv, Yv)
-                logs.update({f"val_{k}": v for k, v in val.items()})
             self.history.append(**{k: v for k, v in logs.items() if k != "step_loss"})
             self.history.setdefault("step_loss", []).extend(logs["step_loss"])
             try:
@@ -437,17 +501,17 @@ class Sequential:
                     cb(self, self.epoch, logs)
             except StopTraining:
                 break
-        return self.history
 
-    def _epoch_logs(self, losses, corrects, n, bs):
+    def _epoch_logs(self, losses, corrects, n, bs, epoch):
         xp, backend = self.backend.xp, self.backend
         step_loss = backend.to_numpy(xp.stack(losses)).astype(float)
         if not np.isfinite(step_loss).all():
             bad = int(np.flatnonzero(~np.isfinite(step_loss))[0])
             raise TrainingDiverged(
-                f"training diverged in epoch {self.epoch}, step {bad + 1}: the loss is "
-                f"{step_loss[bad]}; lower the learning rate or check the data",
-                epoch=self.epoch, step=bad + 1,
+                f"training diverged in epoch {epoch}, step {bad + 1}: the loss is "
+                f"{step_loss[bad]}; lower the learning rate or check the data (the model keeps "
+                f"the weights of epoch {epoch - 1})",
+                epoch=epoch, step=bad + 1,
             )
         sizes = np.full(len(losses), bs, dtype=float)
         sizes[-1] = n - bs * (len(losses) - 1)

@@ -21,8 +21,11 @@ import tempfile
 
 import numpy as np
 
+import backends
+
 from . import optimizers as _optimizers
 from .errors import MLPError
+from .layers import from_config, Linear
 from .model import History, Sequential
 
 FORMAT = "mlp.checkpoint"
@@ -55,6 +58,8 @@ def _fill(template, prefix, tensors, backend, path):
     if prefix not in tensors:
         raise CheckpointError(f"{path}: tensor {prefix!r} is missing; the checkpoint is incomplete")
     host = tensors[prefix]
+    if host.dtype.kind not in "fiub":
+        raise CheckpointError(f"{path}: tensor {prefix!r} has dtype {host.dtype}, not a real number type")
     if not hasattr(template, "shape"):  # a plain Python number in the optimizer state
         return type(template)(host.item())
     if tuple(host.shape) != tuple(template.shape):
@@ -127,37 +132,99 @@ def read(path):
     if header.get("format") != FORMAT:
         raise CheckpointError(f"{path} is a safetensors file but not an mlp checkpoint "
                               f"(its header has no format={FORMAT!r})")
-    if int(header.get("format_version", 0)) > FORMAT_VERSION:
-        raise CheckpointError(f"{path} has checkpoint format {header['format_version']}; this mlp "
-                              f"reads format {FORMAT_VERSION} and older: upgrade mlp")
+    version = header.get("format_version", "")
+    if not version.isdigit() or not 1 <= int(version) <= FORMAT_VERSION:
+        raise CheckpointError(f"{path} has checkpoint format {version!r}; this mlp reads formats 1 to "
+                              f"{FORMAT_VERSION}" + (": upgrade mlp" if version.isdigit() and int(version) > 1 else ""))
     try:
         meta = {k: json.loads(header[k]) for k in ("config", "optimizer", "rng_state", "history", "extra")}
         meta["epoch"] = int(header["epoch"])
+        if not (isinstance(meta["config"], dict) and isinstance(meta["history"], dict)
+                and isinstance(meta["extra"], dict) and isinstance(meta["rng_state"], dict)
+                and isinstance(meta["optimizer"], (dict, type(None))) and meta["epoch"] >= 0):
+            raise ValueError("a field has the wrong type")
     except (KeyError, ValueError) as err:
         raise CheckpointError(f"{path}: the checkpoint header is damaged ({type(err).__name__}: {err})") from err
-    meta.update(format_version=int(header["format_version"]), mlp_version=header.get("mlp_version", ""),
+    meta.update(format_version=int(version), mlp_version=header.get("mlp_version", ""),
                 backend=header.get("backend", ""))
     return tensors, meta
+
+
+def _check_shapes(layers, tensors, path):
+    """Every parameter tensor the architecture needs is there with its shape, before
+    anything is allocated for the model (a damaged config cannot ask for terabytes)."""
+    for i, layer in enumerate(layers):
+        if not isinstance(layer, Linear):
+            continue
+        want = {"W": (layer.in_features, layer.out_features)}
+        if layer.bias:
+            want["b"] = (layer.out_features,)
+        for name, shape in want.items():
+            key = f"params.{i}.{name}"
+            if key not in tensors:
+                raise CheckpointError(f"{path}: tensor {key!r} of layer {i} {layer!r} is missing; "
+                                      f"the checkpoint is incomplete or not of this architecture")
+            if tuple(tensors[key].shape) != shape:
+                raise CheckpointError(f"{path}: tensor {key!r} is {list(tensors[key].shape)}, but layer {i} "
+                                      f"{layer!r} needs {list(shape)}: the weights do not fit the architecture")
 
 
 def load(path, backend=None):
     """The model saved at ``path`` on ``backend`` (any backend, whatever wrote it),
     ready to train on, and the checkpoint's metadata as a dict."""
     tensors, meta = read(path)
+    if not isinstance(backend, backends.Backend):
+        backend = backends.get(backend)  # an unavailable backend is BackendUnavailable, not a bad file
     try:
-        model = Sequential.from_config(meta["config"], backend=backend)
-    except (KeyError, TypeError, ValueError) as err:
+        config = meta["config"]
+        layers = [from_config(c) for c in config["layers"]]
+        _check_shapes(layers, tensors, path)
+        model = Sequential(*layers, backend=backend, seed=config.get("seed", 0),
+                           dtype=config.get("dtype", "float32"), loss=config.get("loss", "cross_entropy"))
+    except backends.BackendUnavailable:
+        raise
+    except CheckpointError:
+        raise
+    except (KeyError, TypeError, ValueError, AttributeError) as err:
         raise CheckpointError(f"{path}: the architecture in the checkpoint is invalid: {err}") from err
-    model.params = _fill(model.params, "params", tensors, model.backend, path)
-    if meta["optimizer"] is not None:
-        config = dict(meta["optimizer"])
-        name = config.pop("name")
-        model.set_optimizer(_optimizers.get(name, **config))
-        model.opt_state = _fill(model.opt_state, "opt", tensors, model.backend, path)
-    state = meta["rng_state"]
-    rng = np.random.Generator(getattr(np.random, state["bit_generator"])())
-    rng.bit_generator.state = state
-    model.rng = rng
-    model.epoch = meta["epoch"]
-    model.history = History(meta["history"])
+    try:
+        model.params = _fill(model.params, "params", tensors, model.backend, path)
+        if meta["optimizer"] is not None:
+            config = dict(meta["optimizer"])
+            name = config.pop("name")
+            model.set_optimizer(_optimizers.get(name, **config))
+            model.opt_state = _fill(model.opt_state, "opt", tensors, model.backend, path)
+        state = meta["rng_state"]
+        rng = np.random.Generator(getattr(np.random, state["bit_generator"])())
+        rng.bit_generator.state = state
+        model.rng = rng
+        model.epoch = meta["epoch"]
+        model.history = History(meta["history"])
+    except CheckpointError:
+        raise
+    except (KeyError, TypeError, ValueError, AttributeError, OverflowError) as err:
+        raise CheckpointError(f"{path}: the checkpoint is damaged ({type(err).__name__}: {err})") from err
     return model, meta
+
+
+def load_weights(model, path):
+    """Put the weights saved at ``path`` into ``model`` (same architecture, any backend);
+    the model's optimizer state, epoch and history stay as they are."""
+    tensors, meta = read(path)
+    layers = model.layers
+    try:
+        saved = [from_config(c) for c in meta["config"]["layers"]]
+    except (KeyError, TypeError, ValueError, AttributeError) as err:
+        raise CheckpointError(f"{path}: the architecture in the checkpoint is invalid: {err}") from err
+    def shape(layer):  # what the weights depend on (not how they were first drawn)
+        return {k: v for k, v in layer.config().items() if k != "init"}
+
+    if [shape(layer) for layer in saved] != [shape(layer) for layer in layers]:
+        raise CheckpointError(f"{path} holds a model {', '.join(map(repr, saved))}; it does not fit "
+                              f"this model {', '.join(map(repr, layers))}")
+    _check_shapes(layers, tensors, path)
+    try:
+        model.params = _fill(model.params, "params", tensors, model.backend, path)
+    except (TypeError, ValueError) as err:
+        raise CheckpointError(f"{path}: the checkpoint is damaged ({type(err).__name__}: {err})") from err
+    return model

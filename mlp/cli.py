@@ -25,7 +25,7 @@ import backends
 
 from . import __version__, checkpoint, datasets
 from . import optimizers as _optimizers
-from .errors import MLPError
+from .errors import is_out_of_memory, MLPError, TrainingDiverged
 from .layers import ACTIVATIONS
 from .model import MLP, StopTraining
 
@@ -40,6 +40,10 @@ SPLIT_SEED = 0  # the train/test (and validation) split is fixed, whatever --see
 
 class CLIError(Exception):
     """A problem the user can fix; printed as one line."""
+
+
+class Interrupted(KeyboardInterrupt):
+    """Ctrl-C, with a line saying what was saved; exit status 130."""
 
 
 # -- argument parsing -------------------------------------------------------------
@@ -236,8 +240,12 @@ class _Progress:
         if "val_loss" in logs:
             post.update(val_loss=f"{logs['val_loss']:.4f}", val_acc=f"{logs.get('val_accuracy', float('nan')):.4f}")
         self.bar.set_postfix(post, refresh=False)
-        self.bar.close()
-        self.bar = None
+        self.close()
+
+    def close(self):
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None
 
 
 class _EarlyStopping:
@@ -320,15 +328,33 @@ def _train(args):
     progress = _Progress(len(y), min(bs, len(y)), last, disable=args.quiet)
     progress.model = model
     callbacks = [progress]
+    start_epoch = model.epoch
+    saved_epoch = [start_epoch if meta is not None and save == args.resume else None]
+
+    def write(m, epoch=None, logs=None):
+        checkpoint.save(m, save, extra=extra)
+        saved_epoch[0] = m.epoch
+
     if save:
-        callbacks.append(lambda m, epoch, logs: checkpoint.save(m, save, extra=extra))
+        callbacks.append(write)
     stopper = _EarlyStopping(args.early_stopping) if args.early_stopping else None
     if stopper:
         callbacks.append(stopper)
-    start_epoch = model.epoch
     start = time.perf_counter()
-    model.fit(x, y, epochs=args.epochs, batch_size=bs, validation_data=validation, callbacks=callbacks,
-              on_batch=progress.on_batch, devices=args.devices)
+    try:
+        model.fit(x, y, epochs=args.epochs, batch_size=bs, validation_data=validation, callbacks=callbacks,
+                  on_batch=progress.on_batch, devices=args.devices)
+    except KeyboardInterrupt:
+        # fit leaves the model as the last finished epoch left it: that is what gets saved
+        progress.close()
+        raise Interrupted(_interrupted(model, save, saved_epoch, write, args)) from None
+    except TrainingDiverged as err:
+        progress.close()
+        kept = (f"; {save} holds epoch {saved_epoch[0]}, intact" if save and saved_epoch[0] is not None
+                else "; nothing was saved")
+        raise CLIError(f"{err}{kept}") from None
+    finally:
+        progress.close()
     fit_seconds = time.perf_counter() - start
     test = model.evaluate(data.x_test, data.y_test)
     wall = time.perf_counter() - start
@@ -363,6 +389,21 @@ def _train(args):
     if args.json:
         print(json.dumps(result))
     return 0
+
+
+def _interrupted(model, save, saved_epoch, write, args):
+    """Save the last finished epoch (unless already saved); the line to print."""
+    where = f"in epoch {model.epoch + 1}"
+    if not save:
+        return f"interrupted {where}; nothing saved (--save PATH keeps every finished epoch)"
+    if saved_epoch[0] != model.epoch:
+        if saved_epoch[0] is None and model.epoch == 0:
+            return f"interrupted {where}; no epoch had finished, so nothing was saved"
+        write(model)
+        _write_json(_history_path(save, args.plot),
+                    {k: v for k, v in model.history.items() if k != "step_loss"})
+    return (f"interrupted {where}; {save} holds epoch {model.epoch} "
+            f"(continue with: mlp train --resume {save})")
 
 
 def _plot(path, history, test, name, arch):
@@ -544,9 +585,15 @@ def main(argv=None):
         message = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         print(f"mlp: error: {message}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print("mlp: interrupted", file=sys.stderr)
+    except KeyboardInterrupt as err:
+        print(f"mlp: {err}" if str(err) else "mlp: interrupted", file=sys.stderr)
         return 130
+    except Exception as err:  # noqa: BLE001 - only out-of-memory errors, from any library
+        if not is_out_of_memory(err):
+            raise
+        print(f"mlp: error: out of memory ({type(err).__name__}); try a smaller --batch-size, a smaller "
+              f"model or another --device", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

@@ -16,7 +16,10 @@ from __future__ import annotations
 
 import csv
 import gzip
+import math
 import os
+import zipfile
+import zlib
 from dataclasses import dataclass, field
 from importlib import resources
 
@@ -113,14 +116,20 @@ def _bundled(name, file, seed, test_size):
 def read_idx(path):
     """An IDX file (``.gz`` or not) as a NumPy array (uint8 images or labels)."""
     opener = gzip.open if str(path).endswith(".gz") else open
-    with opener(path, "rb") as f:
-        data = f.read()
+    try:
+        with opener(path, "rb") as f:
+            data = f.read()
+    except (OSError, EOFError, zlib.error) as err:  # gzip.BadGzipFile is an OSError
+        raise DataError(f"{path} cannot be read: {err}") from err
     if len(data) < 4 or data[0] != 0 or data[1] != 0 or data[2] != 8:
         raise DataError(f"{path} is not an IDX file of unsigned bytes (magic {data[:4].hex()})")
     ndim = data[3]
+    if len(data) < 4 + 4 * ndim:
+        raise DataError(f"{path} is truncated: its header names {ndim} dimensions but ends after "
+                        f"{len(data)} bytes")
     dims = [int.from_bytes(data[4 + 4 * i: 8 + 4 * i], "big") for i in range(ndim)]
     body = np.frombuffer(data, dtype=np.uint8, offset=4 + 4 * ndim)
-    if body.size != int(np.prod(dims)):
+    if body.size != math.prod(dims):
         raise DataError(f"{path} is truncated: its header says {dims}, it holds {body.size} values")
     return body.reshape(dims)
 
@@ -175,15 +184,21 @@ def xor(n=1000, seed=0):
 
 
 # -- user files -----------------------------------------------------------------
+MAX_CLASS_ID = 65536  # larger integer labels are names (ids 0..K-1 in sorted order), not ids
+
+
 def _labels(values, path):
     """Integer labels kept as they are (0..K-1), anything else mapped to sorted names."""
     values = np.asarray(values)
+    if values.ndim != 1:
+        raise DataError(f"{path}: labels must be one per sample [N], got {list(values.shape)}")
     try:
         as_float = values.astype(np.float64)
-        if np.array_equal(as_float, np.round(as_float)) and as_float.min() >= 0:
+        if (np.isfinite(as_float).all() and np.array_equal(as_float, np.round(as_float))
+                and as_float.min() >= 0 and as_float.max() < MAX_CLASS_ID):
             ids = as_float.astype(np.int64)
             return ids, tuple(str(i) for i in range(int(ids.max()) + 1))
-    except ValueError:
+    except (ValueError, TypeError):
         pass
     names, ids = np.unique(values.astype(str), return_inverse=True)
     return ids.astype(np.int64), tuple(names.tolist())
@@ -196,8 +211,11 @@ def _min_max(x):
 def read_csv(path):
     """Rows of numbers; the last column is the label. A first row that is not all
     numbers is a header. Returns ``(x [N x D] float64, labels)``."""
-    with open(path, newline="") as f:
-        rows = [r for r in csv.reader(f) if r and any(c.strip() for c in r)]
+    try:
+        with open(path, newline="", encoding="utf-8") as f:
+            rows = [r for r in csv.reader(f) if r and any(c.strip() for c in r)]
+    except (UnicodeDecodeError, csv.Error) as err:
+        raise DataError(f"{path} is not a UTF-8 CSV file: {err}") from err
     if rows and not _numeric(rows[0][:-1]):
         rows = rows[1:]
     if not rows:
@@ -221,13 +239,34 @@ def _numeric(cells):
         return False
 
 
+def _features(x, path, name="x"):
+    """``x`` as float64 ``[N x ...]`` with finite values, or a DataError."""
+    x = np.asarray(x)
+    if x.dtype.kind not in "biuf":
+        raise DataError(f"{path}: {name} must hold real numbers, got dtype {x.dtype}")
+    if x.ndim < 2 or 0 in x.shape:
+        raise DataError(f"{path}: {name} must be [N x D] with N, D > 0, got {list(x.shape)}")
+    x = x.astype(np.float64)
+    bad = ~np.isfinite(x.reshape(len(x), -1)).all(axis=1)
+    if bad.any():
+        raise DataError(f"{path}: {name} has NaN or infinite values; the first is in row {int(np.flatnonzero(bad)[0])}")
+    if not np.isfinite(x.max(axis=0) - x.min(axis=0)).all():
+        raise DataError(f"{path}: {name} has values too far apart to scale (beyond float64 range)")
+    return x
+
+
 def _user(name, x, labels, path, seed, test_size, x_test=None, labels_test=None):
-    x = np.asarray(x, dtype=np.float64)
-    if x.ndim < 2 or len(x) != len(labels):
-        raise DataError(f"{path}: expected x [N x D] and N labels, got x {x.shape} and {len(labels)} labels")
-    if not np.isfinite(x).all():
-        raise DataError(f"{path}: x has NaN or infinite values")
+    x = _features(x, path)
+    labels = np.asarray(labels)
+    if labels.ndim != 1 or len(x) != len(labels):
+        raise DataError(f"{path}: expected x [N x D] and N labels, got x {list(x.shape)} and labels "
+                        f"{list(labels.shape)}")
     image_shape = tuple(x.shape[1:]) if x.ndim == 3 else None
+    if x_test is not None:
+        x_test, labels_test = _features(x_test, path, "x_test"), np.asarray(labels_test)
+        if x_test.shape[1:] != x.shape[1:] or labels_test.ndim != 1 or len(x_test) != len(labels_test):
+            raise DataError(f"{path}: x_test {list(x_test.shape)} and y_test {list(labels_test.shape)} must "
+                            f"match x {list(x.shape)}: [M x D] and M labels")
     x = x.reshape(len(x), -1)
     if x_test is None:
         y, classes = _labels(labels, path)
@@ -243,13 +282,21 @@ def _user(name, x, labels, path, seed, test_size, x_test=None, labels_test=None)
 
 
 def _npz(path, seed, test_size):
-    with np.load(path, allow_pickle=False) as z:
-        keys = set(z.files)
-        if not {"x", "y"} <= keys:
-            raise DataError(f"{path} must hold arrays 'x' [N x D] and 'y' [N] (optionally 'x_test' and "
-                            f"'y_test'); it holds {', '.join(sorted(keys)) or 'nothing'}")
-        x, y = z["x"], z["y"]
-        test = (z["x_test"], z["y_test"]) if {"x_test", "y_test"} <= keys else (None, None)
+    try:
+        with open(path, "rb") as f:
+            if f.read(4) != b"PK\x03\x04":
+                raise DataError(f"{path} is not an .npz file (a zip archive of .npy arrays, as numpy.savez writes)")
+        with np.load(path, allow_pickle=False) as z:
+            keys = set(z.files)
+            if not {"x", "y"} <= keys:
+                raise DataError(f"{path} must hold arrays 'x' [N x D] and 'y' [N] (optionally 'x_test' and "
+                                f"'y_test'); it holds {', '.join(sorted(keys)) or 'nothing'}")
+            x, y = z["x"], z["y"]
+            test = (z["x_test"], z["y_test"]) if {"x_test", "y_test"} <= keys else (None, None)
+    except (OSError, EOFError, ValueError, zipfile.BadZipFile, zlib.error, NotImplementedError) as err:
+        if isinstance(err, DataError):
+            raise
+        raise DataError(f"{path} is not a readable .npz file: {err}") from err
     return _user(f"npz:{path}", x, y, path, seed, test_size, *test)
 
 

@@ -134,8 +134,9 @@ def read(path):
                               f"(its header has no format={FORMAT!r})")
     version = header.get("format_version", "")
     if not version.isdigit() or not 1 <= int(version) <= FORMAT_VERSION:
-        raise CheckpointError(f"{path} has checkpoint format {version!r}; this mlp reads formats 1 to "
-                              f"{FORMAT_VERSION}" + (": upgrade mlp" if version.isdigit() and int(version) > 1 else ""))
+        known = "1" if FORMAT_VERSION == 1 else f"1 to {FORMAT_VERSION}"
+        raise CheckpointError(f"{path} has checkpoint format {version!r}; this mlp reads format {known}"
+                              + (": upgrade mlp" if version.isdigit() and int(version) > 1 else ""))
     try:
         meta = {k: json.loads(header[k]) for k in ("config", "optimizer", "rng_state", "history", "extra")}
         meta["epoch"] = int(header["epoch"])

@@ -142,6 +142,10 @@ def check_targets(loss, y, n_outputs):
                         f"cross_entropy expects integer class ids, got {y.dtype} labels; "
                         "convert them with y.astype(int)"
                     )
+                if np.issubdtype(y.dtype, np.floating):
+                    bad = int(np.flatnonzero(~np.isfinite(y) | (y != np.round(y)))[0])
+                    raise DataError(f"cross_entropy expects integer class ids [B], got {y.dtype} labels; "
+                                    f"row {bad} holds {y[bad]}, which is not a class id")
                 raise DataError(f"cross_entropy expects integer class ids [B], got dtype {y.dtype}")
             if y.size and (y.min() < 0 or y.max() >= n_outputs):
                 bad = int(np.flatnonzero((y < 0) | (y >= n_outputs))[0])

@@ -67,7 +67,7 @@ def _where(x):
     device = str(array_api_compat.device(x))
     if device.startswith("array_api_strict.Device("):
         device = device[len("array_api_strict.Device("):-1].strip("'")
-    return f"a {name} array on {device}"
+    return f"{'an' if name[0] in 'aeiou' else 'a'} {name} array on {device}"
 
 
 def _foreign_namespace(x):
@@ -216,7 +216,9 @@ class Sequential:
         try:
             host = np.asarray(x)
         except Exception as err:
-            raise DataError(f"{name} could not be read as an array: {err}") from err
+            first = str(err).split(". ")[0]
+            raise DataError(f"{name} could not be read as one array of numbers ({first}); every row "
+                            f"must have the same number of values") from err
         if host.size == 0:
             raise DataError(f"{name} is empty: {fmt_shape(host.shape)}; there is nothing to compute on")
         self._check_matrix(host.shape, name)
@@ -326,9 +328,9 @@ class Sequential:
         except Exception as err:  # noqa: BLE001 - libraries' OOM errors have no common base class
             if not is_out_of_memory(err) or isinstance(err, OutOfMemory):
                 raise
-            first = (str(err).strip().splitlines() or [type(err).__name__])[0][:200]
-            raise OutOfMemory(f"out of memory on {self.backend!r} during {what} "
-                              f"({type(err).__name__}: {first}); {hint}") from err
+            first = (str(err).strip().splitlines() or [""])[0][:200].rstrip(".")
+            raise OutOfMemory(f"out of memory on {self.backend!r} during {what}: "
+                              f"{type(err).__name__}: {first}. Hint: {hint}") from err
 
     def predict_proba(self, x):
         """Class probabilities: softmax of the outputs (sigmoid for binary cross-entropy)."""

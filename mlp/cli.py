@@ -396,12 +396,11 @@ def _interrupted(model, save, saved_epoch, write, args):
     where = f"in epoch {model.epoch + 1}"
     if not save:
         return f"interrupted {where}; nothing saved (--save PATH keeps every finished epoch)"
+    if saved_epoch[0] is None and model.epoch == 0:
+        return f"interrupted {where}; no epoch had finished, so nothing was saved"
     if saved_epoch[0] != model.epoch:
-        if saved_epoch[0] is None and model.epoch == 0:
-            return f"interrupted {where}; no epoch had finished, so nothing was saved"
         write(model)
-        _write_json(_history_path(save, args.plot),
-                    {k: v for k, v in model.history.items() if k != "step_loss"})
+    _write_json(_history_path(save, args.plot), {k: v for k, v in model.history.items() if k != "step_loss"})
     return (f"interrupted {where}; {save} holds epoch {model.epoch} "
             f"(continue with: mlp train --resume {save})")
 

@@ -10,14 +10,17 @@ the safetensors header: the architecture (``model.config()``), the optimizer's
 hyper-parameters, the epoch, the host RNG state, the history and the caller's
 ``extra``. No pickle: a checkpoint is data, never code. Files are written
 atomically (temporary file in the same folder, fsync, rename, fsync the folder),
-so a crash leaves either the old checkpoint or the new one. Loading a model on
-the same backend and training on gives exactly what an uninterrupted run gives.
+so a crash leaves either the old checkpoint or the new one. A CRC-32 of the tensors
+and the header fields (``crc32``) turns silent corruption into a CheckpointError.
+Loading a model on the same backend and training on gives exactly what an
+uninterrupted run gives.
 """
 from __future__ import annotations
 
 import json
 import os
 import tempfile
+import zlib
 
 import numpy as np
 
@@ -113,8 +116,22 @@ def save(model, path, *, extra=None):
         "backend": model.backend.spec,
         "extra": json.dumps(extra if extra is not None else {}),
     }
+    meta["crc32"] = _checksum(tensors, meta)
     _write_atomic(path, to_bytes(tensors, metadata=meta))
     return path
+
+
+def _checksum(tensors, meta):
+    """CRC-32 of every tensor (name, dtype, shape, bytes) and every header field: a flipped
+    bit anywhere that safetensors itself does not notice is still caught on load."""
+    crc = 0
+    for name in sorted(tensors):
+        t = np.asarray(tensors[name])
+        crc = zlib.crc32(f"{name}:{t.dtype.str}:{t.shape}".encode(), crc)
+        crc = zlib.crc32(np.ascontiguousarray(t).reshape(-1).view(np.uint8), crc)
+    for key in sorted(k for k in meta if k != "crc32"):
+        crc = zlib.crc32(f"{key}={meta[key]}".encode(), crc)
+    return f"{crc:08x}"
 
 
 def read(path):
@@ -129,6 +146,8 @@ def read(path):
             tensors = {k: f.get_tensor(k) for k in f.keys()}
     except Exception as err:  # noqa: BLE001 - safetensors raises its own error types
         raise CheckpointError(f"{path} is not a readable safetensors file: {err}") from err
+    if "crc32" in header and header["crc32"] != _checksum(tensors, header):
+        raise CheckpointError(f"{path} is corrupted: its contents do not match the checksum in its header")
     if header.get("format") != FORMAT:
         raise CheckpointError(f"{path} is a safetensors file but not an mlp checkpoint "
                               f"(its header has no format={FORMAT!r})")

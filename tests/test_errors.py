@@ -290,6 +290,14 @@ def _():
     checkpoint.load("bad.safetensors")
 
 
+@case("ckpt-bitflip", "a checkpoint with one bit of a weight flipped")
+def _():
+    raw = bytearray(open(_good(), "rb").read())
+    raw[-5] ^= 0x10
+    open("flipped.safetensors", "wb").write(bytes(raw))
+    checkpoint.load("flipped.safetensors")
+
+
 @case("ckpt-text", "a text file")
 def _():
     open("notes.txt", "w").write("these are my notes\n")

@@ -9,7 +9,7 @@ The math runs through the array namespace of the model's backend (see the
 array-api-strict. Importing mlp imports none of JAX, CuPy, PyTorch or scikit-learn.
 """
 from . import checkpoint, datasets, losses, optimizers
-from .errors import DataError, DeviceMismatch, MLPError, ShapeError, TrainingDiverged
+from .errors import DataError, DeviceMismatch, MLPError, OutOfMemory, ShapeError, TrainingDiverged
 from .layers import (GELU, Dropout, Identity, Layer, LeakyReLU, Linear, ReLU, Sigmoid, Softmax,
                      Tanh)
 from .model import MLP, History, Sequential, StopTraining, transfer
@@ -21,5 +21,5 @@ __all__ = [
     "MLP", "Sequential", "History", "StopTraining", "transfer",
     "Layer", "Linear", "ReLU", "LeakyReLU", "Sigmoid", "Tanh", "GELU", "Softmax", "Identity", "Dropout",
     "SGD", "Adam", "AdamW", "losses", "optimizers", "datasets", "checkpoint",
-    "MLPError", "ShapeError", "DataError", "DeviceMismatch", "TrainingDiverged",
+    "MLPError", "ShapeError", "DataError", "DeviceMismatch", "TrainingDiverged", "OutOfMemory",
 ]

@@ -470,7 +470,8 @@ class Sequential:
             start = time.perf_counter()
             # Steps are pure, so references are a snapshot: an epoch that fails (diverges, runs
             # out of memory, is interrupted) leaves the model exactly as the last finished one did.
-            good = self.params, self.opt_state, self.rng.bit_generator.state
+            good = self.params, self.opt_state, self.rng.bit_generator.state, self.epoch
+            lengths = {k: len(v) for k, v in self.history.items()}
             try:
                 order = self.rng.permutation(n) if shuffle else np.arange(n)
                 idx = self.backend.asarray(order.astype("int32"), "int32")
@@ -491,13 +492,17 @@ class Sequential:
                 if validation:
                     val = self._scores(validation[0], validation[1], self.loss)
                     logs.update({f"val_{k}": v for k, v in val.items()})
+                self.epoch += 1
+                self.history.append(**{k: v for k, v in logs.items() if k != "step_loss"})
+                self.history.setdefault("step_loss", []).extend(logs["step_loss"])
             except BaseException:
-                self.params, self.opt_state = good[:2]
-                self.rng.bit_generator.state = good[2]
+                self.params, self.opt_state, self.rng.bit_generator.state, self.epoch = good
+                for k in list(self.history):
+                    if k in lengths:
+                        del self.history[k][lengths[k]:]
+                    else:
+                        del self.history[k]
                 raise
-            self.epoch += 1
-            self.history.append(**{k: v for k, v in logs.items() if k != "step_loss"})
-            self.history.setdefault("step_loss", []).extend(logs["step_loss"])
             try:
                 for cb in callbacks:
                     cb(self, self.epoch, logs)

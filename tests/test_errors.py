@@ -579,6 +579,27 @@ def test_diverged_fit_keeps_the_last_good_epoch():
     assert model.rng.bit_generator.state == rng
 
 
+def test_interrupted_fit_is_the_last_finished_epoch_exactly():
+    """Ctrl-C in the middle of epoch 3 leaves the model as epoch 2 left it (weights,
+    optimizer state, RNG, history), so training on gives exactly the uninterrupted run."""
+    whole = small(seed=2, dropout=0.2)
+    whole.fit(X4, Y4, epochs=4, batch_size=4)
+    model = small(seed=2, dropout=0.2)
+    model.fit(X4, Y4, epochs=2, batch_size=4)
+
+    def interrupt(step, n_steps):
+        if step == 1:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        model.fit(X4, Y4, epochs=2, batch_size=4, on_batch=interrupt)
+    assert model.epoch == 2 and len(model.history["loss"]) == 2 and len(model.history["step_loss"]) == 6
+    model.fit(X4, Y4, epochs=2, batch_size=4)
+    for a, b in zip(leaves(whole.params) + leaves(whole.opt_state), leaves(model.params) + leaves(model.opt_state)):
+        assert np.array_equal(np.asarray(a), np.asarray(b))
+    assert model.history["loss"] == whole.history["loss"]
+
+
 def _sabotage(monkeypatch, from_epoch):
     """Make the weights NaN once ``from_epoch`` starts: the loss of its next step is NaN."""
     real = mlp.Sequential._epochs

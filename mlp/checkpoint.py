@@ -33,6 +33,7 @@ from .model import History, Sequential
 
 FORMAT = "mlp.checkpoint"
 FORMAT_VERSION = 1
+BIT_GENERATORS = ("PCG64", "PCG64DXSM", "MT19937", "Philox", "SFC64")
 
 
 class CheckpointError(MLPError, ValueError):
@@ -152,10 +153,10 @@ def read(path):
         raise CheckpointError(f"{path} is a safetensors file but not an mlp checkpoint "
                               f"(its header has no format={FORMAT!r})")
     version = header.get("format_version", "")
-    if not version.isdigit() or not 1 <= int(version) <= FORMAT_VERSION:
+    if not (version.isascii() and version.isdigit()) or not 1 <= int(version) <= FORMAT_VERSION:
         known = "1" if FORMAT_VERSION == 1 else f"1 to {FORMAT_VERSION}"
         raise CheckpointError(f"{path} has checkpoint format {version!r}; this mlp reads format {known}"
-                              + (": upgrade mlp" if version.isdigit() and int(version) > 1 else ""))
+                              + (": upgrade mlp" if version.isascii() and version.isdigit() and int(version) > 1 else ""))
     try:
         meta = {k: json.loads(header[k]) for k in ("config", "optimizer", "rng_state", "history", "extra")}
         meta["epoch"] = int(header["epoch"])
@@ -215,6 +216,8 @@ def load(path, backend=None):
             model.set_optimizer(_optimizers.get(name, **config))
             model.opt_state = _fill(model.opt_state, "opt", tensors, model.backend, path)
         state = meta["rng_state"]
+        if state.get("bit_generator") not in BIT_GENERATORS:  # a name from the file is never just called
+            raise ValueError(f"unknown bit generator {state.get('bit_generator')!r}")
         rng = np.random.Generator(getattr(np.random, state["bit_generator"])())
         rng.bit_generator.state = state
         model.rng = rng

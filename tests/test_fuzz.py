@@ -1,5 +1,7 @@
 """Fuzzing the file readers: whatever the bytes, only our documented errors come out.
 
+``MLP_FUZZ_EXAMPLES=5000 pytest tests/test_fuzz.py`` fuzzes longer.
+
 Data loaders (IDX, CSV, NPZ) raise ``mlp.DataError``; the checkpoint loader raises
 ``mlp.checkpoint.CheckpointError``. What loads must be usable: finite features in
 [0, 1] and class ids below the class count; a checkpoint that loads is the one saved.
@@ -25,7 +27,9 @@ from mlp.checkpoint import CheckpointError
 from mlp.errors import DataError
 from mlp.tree import leaves
 
-FUZZ = settings(max_examples=80, deadline=None, derandomize=True,
+# MLP_FUZZ_EXAMPLES=5000 fuzzes longer, with fresh random examples (the default run is repeatable)
+LONG = int(os.environ.get("MLP_FUZZ_EXAMPLES", "0"))
+FUZZ = settings(max_examples=LONG or 80, deadline=None, derandomize=not LONG, database=None,
                 suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
 FOLDER = tempfile.mkdtemp(prefix="mlp-fuzz-")
 
@@ -200,6 +204,24 @@ def damaged_checkpoint(draw):
     if draw(st.booleans()):
         meta.pop("crc32", None)  # as if edited by hand, so the edit reaches the parser
     return save(tensors, metadata=meta)
+
+
+def test_checkpoint_names_are_never_called_blindly(monkeypatch):
+    """The file names its RNG's bit generator; only NumPy's bit generators are accepted,
+    so a file cannot make load call another numpy.random function (np.random.seed here)."""
+    tensors, _ = checkpoint.read(os.path.join(FOLDER, "ref.safetensors"))
+    from safetensors import safe_open
+    from safetensors.numpy import save
+
+    with safe_open(os.path.join(FOLDER, "ref.safetensors"), framework="numpy") as f:
+        meta = dict(f.metadata())
+    meta.pop("crc32")
+    meta["rng_state"] = json.dumps({"bit_generator": "seed"})
+    called = []
+    monkeypatch.setattr(np.random, "seed", lambda *a: called.append(a))
+    with pytest.raises(CheckpointError, match="unknown bit generator 'seed'"):
+        checkpoint.load(_file("seed.safetensors", save(tensors, metadata=meta)))
+    assert not called
 
 
 @FUZZ

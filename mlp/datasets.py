@@ -131,7 +131,10 @@ def read_idx(path):
     body = np.frombuffer(data, dtype=np.uint8, offset=4 + 4 * ndim)
     if body.size != math.prod(dims):
         raise DataError(f"{path} is truncated: its header says {dims}, it holds {body.size} values")
-    return body.reshape(dims)
+    try:
+        return body.reshape(dims)
+    except ValueError as err:  # e.g. [0 x 2**31 x 2**31]: no values, but too big a shape
+        raise DataError(f"{path}: its header's shape {dims} is impossible ({err})") from err
 
 
 def _idx(name, data_dir, classes):

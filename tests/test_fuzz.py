@@ -17,7 +17,7 @@ import zipfile
 
 import numpy as np
 import pytest
-from hypothesis import given, HealthCheck, settings
+from hypothesis import example, given, HealthCheck, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
@@ -66,6 +66,7 @@ def idx_bytes(draw):
 
 @FUZZ
 @given(data=idx_bytes() | st.binary(max_size=200), gz=st.sampled_from(["plain", "gzip", "gz-name-only"]))
+@example(data=b"\x00\x00\x08\x04" + b"\x00" * 4 + b"\x80\x00\x00\x00" * 3, gz="plain")  # found by fuzzing
 def test_fuzz_idx(data, gz):
     if gz == "gzip":
         path = _file("f.idx.gz", gzip.compress(data))

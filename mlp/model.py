@@ -314,10 +314,14 @@ class Sequential:
 
     def forward(self, x):
         """The model's raw outputs (logits) for ``x``, on the model's device."""
+        return self._guard_memory(lambda: self._infer()(self.params, self._as_input(x)), "a forward pass over x")
+
+    def _infer(self):
+        """The compiled ``(params, x) -> outputs``."""
         fn = self._compiled.get("infer")
         if fn is None:
             fn = self._compiled["infer"] = self.backend.jit(lambda params, x: self._forward(params, x)[0])
-        return self._guard_memory(lambda: fn(self.params, self._as_input(x)), "a forward pass over x")
+        return fn
 
     __call__ = forward
 
@@ -376,10 +380,7 @@ class Sequential:
 
     def _scores(self, X, Y, loss):
         """:meth:`evaluate` on arrays already checked and on the device."""
-        fn = self._compiled.get("infer")
-        if fn is None:
-            fn = self._compiled["infer"] = self.backend.jit(lambda params, x: self._forward(params, x)[0])
-        out = fn(self.params, X)
+        out = self._infer()(self.params, X)
         value, _ = loss(self.backend.xp, out, Y)
         result = {"loss": float(self.backend.to_numpy(value))}
         if loss.classification:

@@ -65,7 +65,7 @@ def torch_reference(dtype, steps, n_rows, batch):
         opt.zero_grad()
         loss.backward()
         opt.step()
-        losses.append(float(loss))
+        losses.append(float(loss.detach()))
     return np.array(losses), [{k: v.detach().numpy().copy() for k, v in p.items()} for p in params]
 
 

@@ -101,6 +101,10 @@ CELLS = [
 ]
 
 
+_RESULTS = defaultdict(Counter)  # cell id -> outcome counts, for the end-of-run summary
+_SKIPS = {}  # cell id -> why the cell cannot run here
+
+
 def _required():
     return {s.strip() for s in os.environ.get("MLP_REQUIRE_BACKENDS", "").split(",") if s.strip()}
 
@@ -138,8 +142,8 @@ def pytest_configure(config):
             f"use backend names or specs such as {', '.join(sorted({c.spec for c in CELLS}))}"
         )
     config._mlp_cells = selected
-    config._mlp_results = defaultdict(Counter)  # cell id -> outcome counts
-    config._mlp_skips = {}  # cell id -> reason
+    _RESULTS.clear()
+    _SKIPS.clear()
 
 
 def pytest_generate_tests(metafunc):
@@ -180,28 +184,19 @@ def pytest_runtest_logreport(report):
     cell_id = getattr(report, "mlp_cell", None)
     if cell_id is None:
         return
-    config = _CONFIG[0]
     if report.skipped:
         reason = report.longrepr[2] if isinstance(report.longrepr, tuple) else str(report.longrepr)
         reason = reason.removeprefix("Skipped: ")
         if reason.startswith(f"{cell_id}: "):  # the cell itself cannot run here
-            config._mlp_skips[cell_id] = reason[len(cell_id) + 2:]
+            _SKIPS[cell_id] = reason[len(cell_id) + 2:]
             return
-        config._mlp_results[cell_id]["skipped"] += 1
+        _RESULTS[cell_id]["skipped"] += 1
     elif report.when == "call" or report.failed:
-        config._mlp_results[cell_id]["passed" if report.passed else "failed"] += 1
-
-
-_CONFIG = []
-
-
-@pytest.hookimpl(tryfirst=True)
-def pytest_sessionstart(session):
-    _CONFIG[:] = [session.config]
+        _RESULTS[cell_id]["passed" if report.passed else "failed"] += 1
 
 
 def pytest_terminal_summary(terminalreporter, exitstatus, config):
-    results, skips = config._mlp_results, config._mlp_skips
+    results, skips = _RESULTS, _SKIPS
     if not results and not skips:
         return
     tr = terminalreporter

@@ -35,7 +35,7 @@ def test_random_models_match_torch(cell, arch):
     widths, batch, loss = arch["widths"], arch["batch"], arch["loss"]
     model = mlp.MLP(widths, arch["activation"], backend=cell.spec, dtype=cell.dtype, seed=arch["seed"], loss=loss)
     rng = np.random.default_rng(arch["seed"])
-    x = np.asarray(rng.standard_normal((batch, widths[0])), dtype=cell.dtype).astype("float64")
+    x = cell.host(rng.standard_normal((batch, widths[0])))
     if loss == "cross_entropy":
         y = rng.integers(0, widths[-1], batch)
     else:

@@ -9,6 +9,8 @@ EXTRA = "jax"
 
 
 class JaxBackend(Backend):
+    fuse_steps = True
+
     @property
     def float_dtypes(self):
         # float64 is always reachable: ensure_dtype turns on JAX's 64-bit mode.
@@ -32,6 +34,9 @@ class JaxBackend(Backend):
 
     def jit(self, fn, **kwargs):
         return self.library.jit(fn, **kwargs)
+
+    def scan(self, body, carry, xs):
+        return self.library.lax.scan(body, carry, xs)
 
     def synchronize(self, *arrays):
         if arrays:

@@ -33,7 +33,10 @@ class JaxBackend(Backend):
         return np.asarray(self.library.device_get(x))
 
     def jit(self, fn, **kwargs):
-        return self.library.jit(fn, **kwargs)
+        # keep_unused: an argument the function only reads the shape of (as an
+        # optimizer's init) still pins the outputs to the arguments' device, and
+        # keeps them committed there, like the outputs of every later call.
+        return self.library.jit(fn, **{"keep_unused": True, **kwargs})
 
     def scan(self, body, carry, xs):
         return self.library.lax.scan(body, carry, xs)

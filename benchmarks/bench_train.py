@@ -103,10 +103,35 @@ def step_flops(sizes, batch):
 
 
 # -- implementations -----------------------------------------------------------
-def run_ours(task, spec):
+ABLATIONS = {  # --ablate NAME: undo one of mlp's speed-ups, to measure what it brings
+    "no-fuse": "JAX: one call per step instead of one call per epoch (Backend.fuse_steps=False)",
+    "no-inplace": "NumPy: allocate new parameter/optimizer arrays every step (Backend.inplace=False)",
+    "relu-where": "ReLU through xp.where (as before) instead of maximum and a 0/1 multiplier",
+}
+
+
+def ablate(model, names):
+    import copy
+
+    if "no-fuse" in names or "no-inplace" in names:
+        model.backend = copy.copy(model.backend)
+        model.backend.fuse_steps = model.backend.fuse_steps and "no-fuse" not in names
+        model.backend.inplace = model.backend.inplace and "no-inplace" not in names
+    if "relu-where" in names:
+        from mlp import layers
+
+        def forward(self, xp, params, x, train=False, mask=None):
+            positive = x > 0
+            return xp.where(positive, x, 0.0), lambda dy, need_dx=True: (xp.where(positive, dy, 0.0), {})
+
+        layers.ReLU.forward = forward
+    return model
+
+
+def run_ours(task, spec, ablations=()):
     import mlp
 
-    model = mlp.MLP(list(task["sizes"]), backend=spec, seed=SEED)
+    model = ablate(mlp.MLP(list(task["sizes"]), backend=spec, seed=SEED), ablations)
     start = time.perf_counter()
     history = model.fit(task["x"], task["y"], epochs=task["epochs"], batch_size=task["batch"],
                         optimizer=mlp.Adam(lr=LR, betas=BETAS, eps=EPS))
@@ -434,8 +459,12 @@ def worker(kind, target, config, quick):
     try:
         if kind == "ceiling":
             cfg = dict(CONFIGS[config], **(QUICK[config] if quick else {}))
-            answer = {"ceiling": gemm_ceiling(cfg["sizes"], cfg["batch"], target), "env": environment("ours", "numpy")}
-            print(json.dumps(answer), file=out, flush=True)
+            print(json.dumps({"ready": True, "env": environment("ours", "numpy")}), file=out, flush=True)
+            for line in sys.stdin:
+                if line.strip() != "run":
+                    break
+                gflops = gemm_ceiling(cfg["sizes"], cfg["batch"], target, seconds=0.2 if quick else 1.0)
+                print(json.dumps({"ceiling": gflops}), file=out, flush=True)
             return
         task = make_task(config, quick)
         if kind == "ours":
@@ -452,8 +481,12 @@ def worker(kind, target, config, quick):
         if line.strip() != "run":
             break
         try:
+            ablations = [a for a in os.environ.get("BENCH_ABLATE", "").split(",") if a]
             with PeakMemory(kind, target) as mem:
-                result = RUNNERS[kind](task, target)
+                if kind == "ours":
+                    result = run_ours(task, target, ablations)
+                else:
+                    result = RUNNERS[kind](task, target)
             result.update(peak=mem.peak, memory=mem.what)
         except Exception as err:  # noqa: BLE001
             import traceback
@@ -463,12 +496,20 @@ def worker(kind, target, config, quick):
         print(json.dumps(result), file=out, flush=True)
 
 
+THREAD_VARIABLES = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
+
+
 class Worker:
-    def __init__(self, label, kind, target, config, quick):
+    def __init__(self, label, kind, target, config, quick, threads=None):
         self.label = label
         cmd = [sys.executable, os.path.abspath(__file__), "--worker", kind, target, config]
         cmd += ["--quick"] if quick else []
-        self.proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        env = dict(os.environ)
+        if threads:  # BLAS, OpenMP (PyTorch) and XLA's CPU thread pools
+            env.update({k: str(threads) for k in THREAD_VARIABLES})
+            env["XLA_FLAGS"] = (env.get("XLA_FLAGS", "") + " --xla_cpu_multi_thread_eigen=false"
+                                f" intra_op_parallelism_threads={threads}").strip()
+        self.proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env)
 
     def read(self):
         line = self.proc.stdout.readline()
@@ -488,14 +529,18 @@ class Worker:
 
 
 # -- the benchmark ---------------------------------------------------------------------
-def bench_config(config, impls, device, quick, repeats, log):
-    ceiling_worker = Worker("ceiling", "ceiling", device, config, quick)
-    ceiling = ceiling_worker.read()
-    ceiling_worker.close()
-    workers = {label: Worker(label, kind, target, config, quick) for label, (kind, target) in impls.items()}
+def bench_config(config, impls, device, quick, repeats, log, threads=None):
+    ceiling_worker = Worker("ceiling", "ceiling", device, config, quick, threads)
+    env = ceiling_worker.read().get("env", {})
+    workers = {label: Worker(label, kind, target, config, quick, threads)
+               for label, (kind, target) in impls.items()}
     status = {label: w.read() for label, w in workers.items()}
     runs = {label: [] for label in impls}
+    ceilings = []
     for r in range(repeats):
+        # The GEMM ceiling is measured in every round, next to the runs it scales.
+        ceilings.append(ceiling_worker.run()["ceiling"])
+        log(f"  {config} repeat {r + 1}/{repeats} GEMM ceiling {ceilings[-1]:.1f} GFLOP/s")
         for label, w in workers.items():
             if "error" in status[label]:
                 continue
@@ -506,9 +551,9 @@ def bench_config(config, impls, device, quick, repeats, log):
             runs[label].append(result)
             log(f"  {config} repeat {r + 1}/{repeats} {label:14s} epochs "
                 + " ".join(f"{t:.2f}s" for t in result["times"]))
-    for w in workers.values():
+    for w in [ceiling_worker, *workers.values()]:
         w.close()
-    return {"ceiling": ceiling.get("ceiling"), "env": ceiling.get("env", {}),
+    return {"ceiling": statistics.median(ceilings), "ceilings": ceilings, "env": env,
             "status": status, "runs": runs}
 
 
@@ -547,6 +592,7 @@ def summarize(config, quick, raw, impls):
             row["of_ceiling"] = row["gflops"] / raw["ceiling"]
     return dict(config=config, sizes=cfg["sizes"], batch=cfg["batch"], samples_per_epoch=n,
                 epochs=cfg["epochs"], steps_per_epoch=-(-n // cfg["batch"]), ceiling_gflops=raw["ceiling"],
+                ceilings=raw["ceilings"],
                 anchor=anchor, best_reference=best_ref, rows=rows, env=raw["env"],
                 worker_env={k: v.get("env") for k, v in raw["status"].items() if "env" in v})
 
@@ -593,8 +639,9 @@ def table(res):
             f"{res['samples_per_epoch']:,} samples ({res['steps_per_epoch']} steps) per epoch, "
             f"{res['epochs']} epochs")
     ceiling = res["ceiling_gflops"]
-    lines = [head, "", f"GEMM ceiling (float32 products of one step at its own shapes): "
-             f"{ceiling:.1f} GFLOP/s" if ceiling else "GEMM ceiling: not measured", "",
+    spread = ", ".join(f"{c:.0f}" for c in res["ceilings"])
+    lines = [head, "", f"GEMM ceiling (float32 products of one step at its own shapes, median of "
+             f"rounds: {spread}): {ceiling:.1f} GFLOP/s", "",
              "| implementation | samples/s | x best ref | first epoch s | warm-up s | peak MiB | "
              "final loss | loss agrees | GFLOP/s | of ceiling |",
              "| --- | ---: | ---: | ---: | ---: | ---: | ---: | --- | ---: | ---: |"]
@@ -613,7 +660,7 @@ def table(res):
     return "\n".join(lines)
 
 
-def header(results, device, repeats, load_before, load_after):
+def header(results, device, repeats, load_before, load_after, threads=None):
     env = next(iter(results.values()))["env"] if results else {}
     versions = {}
     for res in results.values():
@@ -631,7 +678,8 @@ def header(results, device, repeats, load_before, load_after):
     except OSError:
         commit = ""
     blas_env = ", ".join(f"{k}={os.environ[k]}" for k in ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE",
-                                                         "OMP_NUM_THREADS") if k in os.environ)
+                                                         *THREAD_VARIABLES) if k in os.environ)
+    blas_env += f"; workers limited to {threads} thread(s)" if threads else ""
     lines = [
         f"- date: {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC; mlp commit {commit or '?'}",
         f"- machine: {cpu}, {os.cpu_count()} cores, {platform.system()} {platform.release()}",
@@ -653,6 +701,10 @@ def main(argv=None):
     parser.add_argument("--configs", default="small,large", help=f"comma-separated, from {', '.join(CONFIGS)}")
     parser.add_argument("--only", default="", help="comma-separated implementation labels to run")
     parser.add_argument("--repeats", type=int, default=None, help="runs per implementation (default 3, 1 with --quick)")
+    parser.add_argument("--threads", type=int, help="limit every library to this many threads "
+                        "(sets OMP/OPENBLAS/MKL_NUM_THREADS and XLA's CPU flags in the workers)")
+    parser.add_argument("--ablate", default="", help="comma-separated speed-ups of mlp to undo, to "
+                        "measure each: " + "; ".join(f"{k}: {v}" for k, v in ABLATIONS.items()))
     parser.add_argument("--json", help="also write the raw results here")
     parser.add_argument("--worker", nargs=3, metavar=("KIND", "TARGET", "CONFIG"), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -670,16 +722,23 @@ def main(argv=None):
         if c not in CONFIGS:
             parser.error(f"unknown config {c!r}; expected some of {', '.join(CONFIGS)}")
     repeats = args.repeats or (1 if args.quick else 3)
+    ablations = [a.strip() for a in args.ablate.split(",") if a.strip()]
+    for a in ablations:
+        if a not in ABLATIONS:
+            parser.error(f"unknown ablation {a!r}; expected some of {', '.join(ABLATIONS)}")
+    os.environ["BENCH_ABLATE"] = ",".join(ablations)  # read by the workers
     log = lambda msg: print(msg, file=sys.stderr, flush=True)  # noqa: E731
     load_before = os.getloadavg()[0]
     start = time.perf_counter()
     results = {}
     for config in configs:
-        raw = bench_config(config, impls, args.device, args.quick, repeats, log)
+        raw = bench_config(config, impls, args.device, args.quick, repeats, log, args.threads)
         results[config] = summarize(config, args.quick, raw, impls)
     load_after = os.getloadavg()[0]
     print(f"## Training throughput ({args.device})\n")
-    print(header(results, args.device, repeats, load_before, load_after) + "\n")
+    if ablations:
+        print("Ablated (mlp rows only): " + "; ".join(ABLATIONS[a] for a in ablations) + "\n")
+    print(header(results, args.device, repeats, load_before, load_after, args.threads) + "\n")
     for res in results.values():
         print(table(res) + "\n")
     goals = targets(results) if args.device == "cpu" else ""

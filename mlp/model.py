@@ -75,6 +75,10 @@ class Sequential:
     bit-identical starting parameters on every backend and device.
     """
 
+    #: The most dropout-mask elements ``fit`` draws ahead for one call of
+    #: :meth:`train_steps` (2**24: 64 MiB of float32); more steps split the epoch.
+    mask_budget = 1 << 24
+
     def __init__(self, *layers, backend=None, seed=0, dtype="float32", loss="cross_entropy"):
         if len(layers) == 1 and isinstance(layers[0], (list, tuple)):
             layers = tuple(layers[0])
@@ -406,7 +410,8 @@ class Sequential:
         """Use ``optimizer`` (an Optimizer or a name such as 'adam') from now on,
         with fresh state."""
         self.optimizer = _optimizers.get(optimizer, **kwargs)
-        self.opt_state = self.optimizer.init(self.params)
+        # compiled where the backend compiles: one program, not one per array shape
+        self.opt_state = self.backend.jit(self.optimizer.init)(self.params)
         return self.optimizer
 
     def fit(self, x, y, *, epochs=1, batch_size=32, optimizer=None, loss=None, shuffle=True,
@@ -491,7 +496,7 @@ class Sequential:
         batch in its own call). Same steps, same order as :meth:`_epoch_by_steps`."""
         n, full = X.shape[0], X.shape[0] // bs
         mask_width = sum(w for w, layer in zip(self._widths(), self.layers) if layer.needs_mask)
-        chunk = max(1, min(full, (1 << 24) // (bs * mask_width))) if mask_width else full
+        chunk = max(1, min(full, self.mask_budget // (bs * mask_width))) if mask_width else full
         calls = [(first, chunk, bs) for first in range(0, full - full % chunk, chunk)]
         if full % chunk:
             calls.append((full - full % chunk, full % chunk, bs))

@@ -28,8 +28,14 @@ class Backend:
     """
 
     #: True where model code may update arrays in place (they are mutable and
-    #: nobody else holds them). Only hot paths behind one tested helper use it.
+    #: nobody else holds them). Only hot paths behind one tested helper use it
+    #: (``mlp.optimizers.scale_add``, on arrays ``fit`` owns).
     inplace = False
+
+    #: True where running many train steps in one call (:meth:`scan` inside
+    #: :meth:`jit`) pays: the library compiles the loop, so each step costs no
+    #: Python dispatch. ``fit`` then trains a whole epoch per call.
+    fuse_steps = False
 
     def __init__(self, name, xp, device, *, version="", library=None, device_name=None):
         self.name = name
@@ -120,6 +126,21 @@ class Backend:
         """Compile ``fn`` where the library can (JAX); elsewhere return it as is."""
         return fn
 
+    def scan(self, body, carry, xs):
+        """``carry, ys`` from ``carry, y = body(carry, x)`` for each ``x`` in ``xs``.
+
+        ``xs`` is an array, or a list/tuple/dict of them, sliced along the first
+        axis; ``ys`` stacks the ``y`` (arrays or None, or lists/tuples/dicts of
+        them) along a new first axis. A Python loop here; JAX overrides it with
+        ``jax.lax.scan``, which compiles the loop (``jax.lax.scan``'s contract).
+        """
+        steps = _leaves(xs)[0].shape[0]
+        ys = []
+        for k in range(steps):
+            carry, y = body(carry, _map(lambda a: a[k, ...], xs))
+            ys.append(y)
+        return carry, _stack(self.xp, ys)
+
     def synchronize(self, *arrays):
         """Wait until queued device work (or the work producing ``arrays``) is done."""
         return arrays[0] if len(arrays) == 1 else arrays
@@ -198,3 +219,27 @@ class SingleDevice:
 
     def gather(self, tree):
         return tree
+
+
+def _map(fn, tree):
+    if isinstance(tree, dict):
+        return {k: _map(fn, v) for k, v in tree.items()}
+    if isinstance(tree, (list, tuple)):
+        return type(tree)(_map(fn, t) for t in tree)
+    return None if tree is None else fn(tree)
+
+
+def _leaves(tree):
+    out = []
+    _map(out.append, tree)
+    return out
+
+
+def _stack(xp, trees):
+    """A list of equally shaped trees -> one tree of arrays stacked along axis 0."""
+    first = trees[0]
+    if isinstance(first, dict):
+        return {k: _stack(xp, [t[k] for t in trees]) for k in first}
+    if isinstance(first, (list, tuple)):
+        return type(first)(_stack(xp, [t[i] for t in trees]) for i in range(len(first)))
+    return None if first is None else xp.stack(trees)

@@ -16,6 +16,8 @@ _LAST_STEP = [None, None]
 
 
 class JaxBackend(Backend):
+    fuse_steps = True
+
     @property
     def float_dtypes(self):
         # float64 is always reachable: ensure_dtype turns on JAX's 64-bit mode.
@@ -38,7 +40,13 @@ class JaxBackend(Backend):
         return np.asarray(self.library.device_get(x))
 
     def jit(self, fn, **kwargs):
-        return self.library.jit(fn, **kwargs)
+        # keep_unused: an argument the function only reads the shape of (as an
+        # optimizer's init) still pins the outputs to the arguments' device, and
+        # keeps them committed there, like the outputs of every later call.
+        return self.library.jit(fn, **{"keep_unused": True, **kwargs})
+
+    def scan(self, body, carry, xs):
+        return self.library.lax.scan(body, carry, xs)
 
     def synchronize(self, *arrays):
         if arrays:

@@ -93,7 +93,7 @@ class Linear(Layer):
         W = params["W"]
         y = x @ W
         if self.bias:
-            y = y + params["b"]
+            y += params["b"]  # y is a fresh array: adding in place is safe everywhere
 
         def backward(dy, need_dx=True):
             grads = {"W": x.T @ dy}
@@ -105,12 +105,15 @@ class Linear(Layer):
 
 
 class ReLU(Layer):
-    """``max(x, 0)``; its gradient passes where x > 0."""
+    """``max(x, 0)``; its gradient passes where x > 0.
+
+    Written with ``maximum`` and a 0/1 multiplier rather than ``where``: the
+    same numbers (but the sign of a zero gradient), and NumPy's ``where`` with
+    a scalar is several times slower than either."""
 
     def forward(self, xp, params, x, train=False, mask=None):
-        positive = x > 0
-        y = xp.where(positive, x, 0.0)
-        return y, lambda dy, need_dx=True: (xp.where(positive, dy, 0.0), {})
+        y = xp.maximum(x, 0.0)
+        return y, lambda dy, need_dx=True: (dy * xp.astype(y > 0, dy.dtype), {})
 
 
 class LeakyReLU(Layer):

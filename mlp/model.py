@@ -90,6 +90,10 @@ class Sequential:
     bit-identical starting parameters on every backend and device.
     """
 
+    #: The most dropout-mask elements ``fit`` draws ahead for one call of
+    #: :meth:`train_steps` (2**24: 64 MiB of float32); more steps split the epoch.
+    mask_budget = 1 << 24
+
     def __init__(self, *layers, backend=None, seed=0, dtype="float32", loss="cross_entropy"):
         if len(layers) == 1 and isinstance(layers[0], (list, tuple)):
             layers = tuple(layers[0])
@@ -302,15 +306,21 @@ class Sequential:
 
         return x, backward
 
-    def _masks(self, batch):
-        """Host-drawn dropout masks for one training batch, moved to the device."""
-        masks, width = [], self.input_width
+    def _masks(self, batch, steps=None):
+        """Host-drawn dropout masks for one training batch, moved to the device;
+        with ``steps``, for that many batches in a row, each mask stacked ``[steps x B x D]``
+        (drawn in the same order as one batch at a time)."""
+        shapes, width = [], self.input_width
         for layer in self.layers:
             if layer.needs_mask:
-                host = layer.make_mask(self.rng, (batch, width), self.dtype)
-                masks.append(self.backend.asarray(host, self.dtype))
+                shapes.append((layer, (batch, width)))
             width = layer.output_width(width)
-        return masks
+        if not shapes:
+            return []
+        draws = [[layer.make_mask(self.rng, shape, self.dtype) for layer, shape in shapes]
+                 for _ in range(steps or 1)]
+        hosts = draws[0] if steps is None else [np.stack(m) for m in zip(*draws)]
+        return [self.backend.asarray(h, self.dtype) for h in hosts]
 
     def forward(self, x):
         """The model's raw outputs (logits) for ``x``, on the model's device."""
@@ -389,32 +399,68 @@ class Sequential:
         return result
 
     # -- training ----------------------------------------------------------
-    def train_step(self, loss=None, optimizer=None):
+    def train_step(self, loss=None, optimizer=None, *, inplace=False):
         """The pure step ``(params, opt_state, x, y, masks) -> (params, opt_state,
-        loss, correct)``, compiled once per backend through ``Backend.jit``."""
+        loss, correct)``, compiled once per backend through ``Backend.jit``.
+
+        ``inplace=True`` (used by ``fit`` where ``Backend.inplace`` is True) lets
+        the step overwrite the ``params`` and ``opt_state`` arrays it is given,
+        which the caller must own and not use again."""
         loss = _losses.get(loss) if loss is not None else self.loss
         optimizer = optimizer if optimizer is not None else self.optimizer
-        key = ("step", id(loss), id(optimizer))
+        inplace = bool(inplace and self.backend.inplace)
+        key = ("step", id(loss), id(optimizer), inplace)
         fn = self._compiled.get(key)
-        if fn is not None:
-            return fn
+        if fn is None:
+            fn = self._compiled[key] = self.backend.jit(self._step_fn(loss, optimizer, inplace))
+        return fn
+
+    def _step_fn(self, loss, optimizer, inplace=False):
         xp = self.backend.xp
 
         def step(params, opt_state, x, y, masks):
             self.traces += 1  # runs once per trace on JAX, every call elsewhere
             out, backward = self._forward(params, x, train=True, masks=masks)
             value, dout = loss(xp, out, y)
-            params, opt_state = optimizer.update(params, backward(dout), opt_state)
+            params, opt_state = optimizer.update(params, backward(dout), opt_state, inplace=inplace)
             return params, opt_state, value, loss.correct(xp, out, y)
 
-        fn = self._compiled[key] = self.backend.jit(step)
+        return step
+
+    def train_steps(self, loss=None, optimizer=None):
+        """Many steps in one call: ``(params, opt_state, X, Y, rows, masks) ->
+        (params, opt_state, losses, corrects)``, where ``rows`` is ``[S x B]``
+        row numbers of ``X`` and ``Y`` (one batch per step) and each mask is
+        ``[S x B x D]``. Built from :meth:`train_step`'s step with
+        ``Backend.scan`` and compiled as a whole: on JAX, one call and no Python
+        per step. The data stays on the device; only row numbers travel."""
+        loss = _losses.get(loss) if loss is not None else self.loss
+        optimizer = optimizer if optimizer is not None else self.optimizer
+        key = ("steps", id(loss), id(optimizer))
+        fn = self._compiled.get(key)
+        if fn is not None:
+            return fn
+        xp, backend, step = self.backend.xp, self.backend, self._step_fn(loss, optimizer)
+
+        def steps(params, opt_state, X, Y, rows, masks):
+            def body(carry, batch):
+                rows, masks = batch
+                x, y = xp.take(X, rows, axis=0), xp.take(Y, rows, axis=0)
+                params, opt_state, value, correct = step(*carry, x, y, masks)
+                return (params, opt_state), (value, correct)
+
+            (params, opt_state), (values, corrects) = backend.scan(body, (params, opt_state), (rows, masks))
+            return params, opt_state, values, corrects
+
+        fn = self._compiled[key] = backend.jit(steps)
         return fn
 
     def set_optimizer(self, optimizer, **kwargs):
         """Use ``optimizer`` (an Optimizer or a name such as 'adam') from now on,
         with fresh state."""
         self.optimizer = _optimizers.get(optimizer, **kwargs)
-        self.opt_state = self.optimizer.init(self.params)
+        # compiled where the backend compiles: one program, not one per array shape
+        self.opt_state = self.backend.jit(self.optimizer.init)(self.params)
         return self.optimizer
 
     def fit(self, x, y, *, epochs=1, batch_size=32, optimizer=None, loss=None, shuffle=True,
@@ -463,10 +509,8 @@ class Sequential:
         return self.history
 
     def _epochs(self, X, Y, epochs, bs, shuffle, validation, callbacks, on_batch, dp):
-        step = dp.wrap(self.train_step())  # shards each batch over the devices
-        xp = self.backend.xp
-        n = X.shape[0]
-        n_steps = -(-n // bs)
+        backend, n = self.backend, X.shape[0]
+        single = dp.n == 1
         for _ in range(epochs):
             start = time.perf_counter()
             # Steps are pure, so references are a snapshot: an epoch that fails (diverges, runs
@@ -475,19 +519,10 @@ class Sequential:
             lengths = {k: len(v) for k, v in self.history.items()}
             try:
                 order = self.rng.permutation(n) if shuffle else np.arange(n)
-                idx = self.backend.asarray(order.astype("int32"), "int32")
-                losses, corrects = [], []
-                self.params, self.opt_state = dp.replicate((self.params, self.opt_state))
-                for i in range(0, n, bs):
-                    batch = idx[i:min(i + bs, n)]
-                    xb, yb = xp.take(X, batch, axis=0), xp.take(Y, batch, axis=0)
-                    masks = self._masks(xb.shape[0])
-                    self.params, self.opt_state, value, correct = step(self.params, self.opt_state, xb, yb, masks)
-                    losses.append(value)
-                    corrects.append(correct)
-                    if on_batch is not None:
-                        on_batch(i // bs, n_steps)
-                self.params, self.opt_state = dp.gather((self.params, self.opt_state))
+                if backend.fuse_steps and single:
+                    losses, corrects = self._epoch_fused(X, Y, order, bs, on_batch)
+                else:
+                    losses, corrects = self._epoch_by_steps(X, Y, order, bs, on_batch, dp)
                 logs = self._epoch_logs(losses, corrects, n, bs, self.epoch + 1)
                 logs["time"] = time.perf_counter() - start
                 if validation:
@@ -510,9 +545,76 @@ class Sequential:
             except StopTraining:
                 break
 
+    def _epoch_by_steps(self, X, Y, order, bs, on_batch, dp):
+        """One epoch, one call of the train step per batch; the per-step losses
+        and correct counts stay on the device, stacked, until the epoch ends.
+
+        Where ``Backend.inplace`` is True (and on one device) the step updates
+        the parameters and optimizer state in place: it works on copies made
+        here, so the arrays that ``self.params`` and ``self.opt_state`` held
+        before (the epoch's rollback snapshot, or a caller's) never change."""
+        backend, xp, n = self.backend, self.backend.xp, X.shape[0]
+        inplace = backend.inplace and dp.n == 1
+        step = dp.wrap(self.train_step(inplace=inplace))  # shards each batch over the devices
+        params, opt_state = dp.replicate((self.params, self.opt_state))
+        if inplace:
+            params, opt_state = tree_map(lambda a: xp.asarray(a, copy=True), (params, opt_state))
+        idx = backend.asarray(order.astype("int32"), "int32")
+        n_steps = -(-n // bs)
+        losses, corrects = [], []
+        for i in range(0, n, bs):
+            batch = idx[i:min(i + bs, n)]
+            xb, yb = xp.take(X, batch, axis=0), xp.take(Y, batch, axis=0)
+            params, opt_state, value, correct = step(params, opt_state, xb, yb, self._masks(xb.shape[0]))
+            losses.append(value)
+            corrects.append(correct)
+            if on_batch is not None:
+                on_batch(i // bs, n_steps)
+        self.params, self.opt_state = dp.gather((params, opt_state))
+        return [xp.stack(losses)], (None if corrects[0] is None else [xp.stack(corrects)])
+
+    def _epoch_fused(self, X, Y, order, bs, on_batch):
+        """One epoch in as few calls of :meth:`train_steps` as the dropout masks
+        allow (all full batches in one call without dropout; the last, partial
+        batch in its own call). Same steps, same order as :meth:`_epoch_by_steps`;
+        ``on_batch`` runs for each step of a call once the call is dispatched."""
+        n, full = X.shape[0], X.shape[0] // bs
+        n_steps = -(-n // bs)
+        mask_width = sum(w for w, layer in zip(self._widths(), self.layers) if layer.needs_mask)
+        chunk = max(1, min(full, self.mask_budget // (bs * mask_width))) if mask_width else full
+        calls = [(first, chunk, bs) for first in range(0, full - full % chunk, chunk)]
+        if full % chunk:
+            calls.append((full - full % chunk, full % chunk, bs))
+        if n % bs:
+            calls.append((full, 1, n % bs))
+        steps = self.train_steps()
+        order = order.astype("int32")
+        params, opt_state = self.params, self.opt_state
+        losses, corrects = [], []
+        for first, count, size in calls:
+            rows = order[first * bs:first * bs + count * size].reshape(count, size)
+            rows = self.backend.asarray(rows, "int32")
+            params, opt_state, values, correct = steps(params, opt_state, X, Y, rows, self._masks(size, count))
+            losses.append(values)
+            corrects.append(correct)
+            for k in range(first, first + count) if on_batch is not None else ():
+                on_batch(k, n_steps)
+        self.params, self.opt_state = params, opt_state
+        return losses, (None if corrects[0] is None else corrects)
+
+    def _widths(self):
+        """The input width of every layer."""
+        widths, width = [], self.input_width
+        for layer in self.layers:
+            widths.append(width)
+            width = layer.output_width(width)
+        return widths
+
     def _epoch_logs(self, losses, corrects, n, bs, epoch):
-        xp, backend = self.backend.xp, self.backend
-        step_loss = backend.to_numpy(xp.stack(losses)).astype(float)
+        """Epoch metrics from the per-step losses and correct counts: lists of
+        device arrays, read back to the host here, once per epoch."""
+        backend = self.backend
+        step_loss = np.concatenate([np.reshape(backend.to_numpy(v), -1) for v in losses]).astype(float)
         if not np.isfinite(step_loss).all():
             bad = int(np.flatnonzero(~np.isfinite(step_loss))[0])
             raise TrainingDiverged(
@@ -521,11 +623,11 @@ class Sequential:
                 f"the weights of epoch {epoch - 1})",
                 epoch=epoch, step=bad + 1,
             )
-        sizes = np.full(len(losses), bs, dtype=float)
-        sizes[-1] = n - bs * (len(losses) - 1)
+        sizes = np.full(len(step_loss), bs, dtype=float)
+        sizes[-1] = n - bs * (len(step_loss) - 1)
         logs = {"loss": float(np.dot(step_loss, sizes) / n), "step_loss": step_loss.tolist()}
-        if corrects and corrects[0] is not None:
-            logs["accuracy"] = float(backend.to_numpy(xp.sum(xp.stack(corrects)))) / n
+        if corrects:
+            logs["accuracy"] = float(sum(np.sum(backend.to_numpy(c)) for c in corrects)) / n
         return logs
 
 

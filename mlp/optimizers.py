@@ -16,12 +16,38 @@ def _namespace(tree):
     return array_api_compat.array_namespace(*leaves(tree))
 
 
-def clip_by_global_norm(xp, grads, max_norm):
+def scale_add(y, a, x=None, b=1.0, *, inplace=False):
+    """``a * y + b * x`` (``a * y`` without ``x``): the one place where an update
+    may write into an existing array.
+
+    With ``inplace=True`` the result is written into ``y``, which is returned:
+    no new array of ``y``'s size is made. Only ``fit`` asks for that, on a
+    backend whose ``Backend.inplace`` is True, and only for arrays it owns: it
+    copies the parameters and optimizer state that a caller could hold before
+    a run of steps, so arrays the caller can see never change. Otherwise (the
+    default) ``y`` is left alone. Either way the result has the same bits: ``a``
+    and ``b`` multiply first, then one addition (a factor of 1.0 is skipped).
+    """
+    if not inplace:
+        ay = y if _is_one(a) else a * y
+        return ay if x is None else ay + (x if _is_one(b) else b * x)
+    if not _is_one(a):
+        y *= a
+    if x is not None:
+        y += x if _is_one(b) else b * x
+    return y
+
+
+def _is_one(factor):
+    return isinstance(factor, (int, float)) and factor == 1
+
+
+def clip_by_global_norm(xp, grads, max_norm, inplace=False):
     """Scale all gradients together so that their global L2 norm is at most
     ``max_norm`` (as ``torch.nn.utils.clip_grad_norm_``)."""
     total = xp.sqrt(sum(xp.sum(g * g) for g in leaves(grads)))
     scale = xp.clip(max_norm / (total + 1e-6), max=1.0)
-    return tree_map(lambda g: g * scale, grads)
+    return tree_map(lambda g: scale_add(g, scale, inplace=inplace), grads)
 
 
 class Optimizer:
@@ -40,12 +66,15 @@ class Optimizer:
         """The optimizer's state for ``params`` (arrays on the params' device)."""
         return {}
 
-    def update(self, params, grads, state):
+    def update(self, params, grads, state, *, inplace=False):
+        """New ``(params, state)`` from ``grads``. ``inplace=True`` lets the update
+        overwrite ``params``, ``grads`` and ``state`` (see :func:`scale_add`): for
+        callers that own them, on backends whose ``Backend.inplace`` is True."""
         raise NotImplementedError
 
-    def _prepare(self, xp, params, grads):
+    def _prepare(self, xp, params, grads, inplace=False):
         if self.clip_norm is not None:
-            grads = clip_by_global_norm(xp, grads, self.clip_norm)
+            grads = clip_by_global_norm(xp, grads, self.clip_norm, inplace)
         return grads
 
     def config(self):
@@ -79,20 +108,20 @@ class SGD(Optimizer):
         xp = _namespace(params)
         return {"momentum": tree_map(xp.zeros_like, params)}
 
-    def update(self, params, grads, state):
+    def update(self, params, grads, state, *, inplace=False):
         xp = _namespace(params)
-        grads = self._prepare(xp, params, grads)
+        grads = self._prepare(xp, params, grads, inplace)
         lr, wd, mu = self.lr, self.weight_decay, self.momentum
         if wd:
-            grads = tree_map(lambda g, p: g + wd * p, grads, params)
+            grads = tree_map(lambda g, p: scale_add(g, 1.0, p, wd, inplace=inplace), grads, params)
         if not mu:
-            return tree_map(lambda p, g: p - lr * g, params, grads), state
-        buf = tree_map(lambda b, g: mu * b + g, state["momentum"], grads)
+            return tree_map(lambda p, g: scale_add(p, 1.0, g, -lr, inplace=inplace), params, grads), state
+        buf = tree_map(lambda b, g: scale_add(b, mu, g, inplace=inplace), state["momentum"], grads)
         if self.nesterov:
             step = tree_map(lambda g, b: g + mu * b, grads, buf)
         else:
             step = buf
-        return tree_map(lambda p, s: p - lr * s, params, step), {"momentum": buf}
+        return tree_map(lambda p, s: scale_add(p, 1.0, s, -lr, inplace=inplace), params, step), {"momentum": buf}
 
 
 class Adam(Optimizer):
@@ -119,23 +148,29 @@ class Adam(Optimizer):
             "v": tree_map(xp.zeros_like, params),
         }
 
-    def update(self, params, grads, state):
+    def update(self, params, grads, state, *, inplace=False):
         xp = _namespace(params)
-        grads = self._prepare(xp, params, grads)
+        grads = self._prepare(xp, params, grads, inplace)
         lr, wd, eps = self.lr, self.weight_decay, self.eps
         b1, b2 = self.betas
         if wd and self.decoupled:
-            params = tree_map(lambda p: p * (1.0 - lr * wd), params)
+            params = tree_map(lambda p: scale_add(p, 1.0 - lr * wd, inplace=inplace), params)
         elif wd:
-            grads = tree_map(lambda g, p: g + wd * p, grads, params)
+            grads = tree_map(lambda g, p: scale_add(g, 1.0, p, wd, inplace=inplace), grads, params)
         step = state["step"] + 1.0
-        m = tree_map(lambda m, g: b1 * m + (1.0 - b1) * g, state["m"], grads)
-        v = tree_map(lambda v, g: b2 * v + (1.0 - b2) * (g * g), state["v"], grads)
-        step_size = lr / (1.0 - b1**step)
+        m = tree_map(lambda m, g: scale_add(m, b1, g, 1.0 - b1, inplace=inplace), state["m"], grads)
+        v = tree_map(lambda v, g: scale_add(v, b2, g * g, 1.0 - b2, inplace=inplace), state["v"], grads)
+        neg_step_size = -lr / (1.0 - b1**step)
         bc2_sqrt = xp.sqrt(1.0 - b2**step)
-        params = tree_map(
-            lambda p, m, v: p - step_size * (m / (xp.sqrt(v) / bc2_sqrt + eps)), params, m, v
-        )
+
+        def direction(m, v):  # m / (sqrt(v) / bc2_sqrt + eps), in one fresh array
+            d = xp.sqrt(v)
+            d /= bc2_sqrt  # in place on a temporary: safe on every backend
+            d += eps
+            return m / d
+
+        params = tree_map(lambda p, m, v: scale_add(p, 1.0, direction(m, v), neg_step_size, inplace=inplace),
+                          params, m, v)
         return params, {"step": step, "m": m, "v": v}
 
 

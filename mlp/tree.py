@@ -13,7 +13,10 @@ def tree_map(fn, tree, *rest):
 
 
 def leaves(tree):
-    """The leaves of ``tree`` in a fixed order."""
-    out = []
-    tree_map(out.append, tree)
-    return out
+    """The leaves of ``tree`` in a fixed order: dicts by sorted key (as JAX orders
+    them, so a dict that came back from ``jax.jit`` gives the same order)."""
+    if isinstance(tree, dict):
+        return [leaf for k in sorted(tree) for leaf in leaves(tree[k])]
+    if isinstance(tree, (list, tuple)):
+        return [leaf for t in tree for leaf in leaves(t)]
+    return [] if tree is None else [tree]

@@ -361,6 +361,8 @@ class PeakMemory:
         if self.kind == "torch_eager" or lib == "torch":
             import torch
 
+            if not torch.cuda.is_available():
+                raise RuntimeError(f"torch {torch.__version__}: no CUDA device (torch.cuda.is_available() is False)")
             torch.cuda.reset_peak_memory_stats()
         self.lib = "torch" if (self.kind == "torch_eager" or lib == "torch") else (
             "jax" if (self.kind == "hand_jax" or lib == "jax") else "cupy")
@@ -707,8 +709,8 @@ def header(results, device, repeats, load_before, load_after, threads=None):
         f"- machine: {cpu}, {os.cpu_count()} cores, {platform.system()} {platform.release()}",
         f"- device: {device}; repeats: {repeats} (medians shown); load average before/after: "
         f"{load_before:.2f} / {load_after:.2f}",
-        f"- python {env.get('python', '?')}, numpy {env.get('numpy', '?')}, "
-        + ", ".join(f"{k} {v}" for k, v in sorted(versions.items())),
+        "- " + ", ".join([f"python {env.get('python', '?')}", f"numpy {env.get('numpy', '?')}"]
+                         + [f"{k} {v}" for k, v in sorted(versions.items())]),
         f"- NumPy BLAS (threadpoolctl): {'; '.join(env.get('blas', ['?']))}; "
         f"environment: {blas_env or 'no OPENBLAS_* / OMP_* variables set'}",
     ]

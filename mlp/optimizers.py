@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import array_api_compat
 
-from .tree import leaves, tree_map
+from .tree import leaves, tree_map, tree_map_many
 
 
 def _namespace(tree):
@@ -69,7 +69,9 @@ class Optimizer:
     def update(self, params, grads, state, *, inplace=False):
         """New ``(params, state)`` from ``grads``. ``inplace=True`` lets the update
         overwrite ``params``, ``grads`` and ``state`` (see :func:`scale_add`): for
-        callers that own them, on backends whose ``Backend.inplace`` is True."""
+        callers that own them, on backends whose ``Backend.inplace`` is True.
+        Each parameter array is updated on its own, all its steps in a row (one
+        function per leaf: its gradient is still in the cache)."""
         raise NotImplementedError
 
     def _prepare(self, xp, params, grads, inplace=False):
@@ -111,17 +113,21 @@ class SGD(Optimizer):
     def update(self, params, grads, state, *, inplace=False):
         xp = _namespace(params)
         grads = self._prepare(xp, params, grads, inplace)
-        lr, wd, mu = self.lr, self.weight_decay, self.momentum
-        if wd:
-            grads = tree_map(lambda g, p: scale_add(g, 1.0, p, wd, inplace=inplace), grads, params)
+        lr, wd, mu, nesterov = self.lr, self.weight_decay, self.momentum, self.nesterov
+
+        def leaf(p, g, buf=None):
+            if wd:
+                g = scale_add(g, 1.0, p, wd, inplace=inplace)
+            if not mu:
+                return scale_add(p, 1.0, g, -lr, inplace=inplace), None
+            buf = scale_add(buf, mu, g, inplace=inplace)
+            step = g + mu * buf if nesterov else buf
+            return scale_add(p, 1.0, step, -lr, inplace=inplace), buf
+
         if not mu:
-            return tree_map(lambda p, g: scale_add(p, 1.0, g, -lr, inplace=inplace), params, grads), state
-        buf = tree_map(lambda b, g: scale_add(b, mu, g, inplace=inplace), state["momentum"], grads)
-        if self.nesterov:
-            step = tree_map(lambda g, b: g + mu * b, grads, buf)
-        else:
-            step = buf
-        return tree_map(lambda p, s: scale_add(p, 1.0, s, -lr, inplace=inplace), params, step), {"momentum": buf}
+            return tree_map_many(leaf, 2, params, grads)[0], state
+        params, buf = tree_map_many(leaf, 2, params, grads, state["momentum"])
+        return params, {"momentum": buf}
 
 
 class Adam(Optimizer):
@@ -151,26 +157,25 @@ class Adam(Optimizer):
     def update(self, params, grads, state, *, inplace=False):
         xp = _namespace(params)
         grads = self._prepare(xp, params, grads, inplace)
-        lr, wd, eps = self.lr, self.weight_decay, self.eps
+        lr, wd, eps, decoupled = self.lr, self.weight_decay, self.eps, self.decoupled
         b1, b2 = self.betas
-        if wd and self.decoupled:
-            params = tree_map(lambda p: scale_add(p, 1.0 - lr * wd, inplace=inplace), params)
-        elif wd:
-            grads = tree_map(lambda g, p: scale_add(g, 1.0, p, wd, inplace=inplace), grads, params)
         step = state["step"] + 1.0
-        m = tree_map(lambda m, g: scale_add(m, b1, g, 1.0 - b1, inplace=inplace), state["m"], grads)
-        v = tree_map(lambda v, g: scale_add(v, b2, g * g, 1.0 - b2, inplace=inplace), state["v"], grads)
         neg_step_size = -lr / (1.0 - b1**step)
         bc2_sqrt = xp.sqrt(1.0 - b2**step)
 
-        def direction(m, v):  # m / (sqrt(v) / bc2_sqrt + eps), in one fresh array
-            d = xp.sqrt(v)
+        def leaf(p, g, m, v):
+            if wd and decoupled:
+                p = scale_add(p, 1.0 - lr * wd, inplace=inplace)
+            elif wd:
+                g = scale_add(g, 1.0, p, wd, inplace=inplace)
+            m = scale_add(m, b1, g, 1.0 - b1, inplace=inplace)
+            v = scale_add(v, b2, g * g, 1.0 - b2, inplace=inplace)
+            d = xp.sqrt(v)  # the direction m / (sqrt(v) / bc2_sqrt + eps), in one fresh array
             d /= bc2_sqrt  # in place on a temporary: safe on every backend
             d += eps
-            return m / d
+            return scale_add(p, 1.0, m / d, neg_step_size, inplace=inplace), m, v
 
-        params = tree_map(lambda p, m, v: scale_add(p, 1.0, direction(m, v), neg_step_size, inplace=inplace),
-                          params, m, v)
+        params, m, v = tree_map_many(leaf, 3, params, grads, state["m"], state["v"])
         return params, {"step": step, "m": m, "v": v}
 
 

@@ -20,3 +20,14 @@ def leaves(tree):
     if isinstance(tree, (list, tuple)):
         return [leaf for t in tree for leaf in leaves(t)]
     return [] if tree is None else [tree]
+
+
+def tree_map_many(fn, n, tree, *rest):
+    """``n`` trees shaped like ``tree`` from ``fn(leaf, *leaves_of_rest) -> (a_1, ..., a_n)``."""
+    results = []
+    tree_map(lambda *a: results.append(fn(*a)), tree, *rest)
+    outs = []
+    for k in range(n):
+        column = iter([r[k] for r in results])
+        outs.append(tree_map(lambda _: next(column), tree))
+    return tuple(outs)

@@ -241,3 +241,31 @@ def test_an_interrupted_fast_epoch_is_rolled_back_exactly(cell):
     assert model.history["step_loss"] == whole.history["step_loss"]
     for a, b in zip(host(whole.params, whole.backend), host(model.params, model.backend)):
         np.testing.assert_array_equal(a, b)
+
+
+# -- the NumPy backend's malloc thresholds (backends/_malloc.py) ---------------------
+def _tuned_in_fresh_process(env):
+    import os
+    import subprocess
+    import sys
+
+    code = "import backends, backends._malloc as m; backends.get('numpy'); print(m._done)"
+    env = {k: v for k, v in os.environ.items() if k not in ("MLP_MALLOC_TUNING", "GLIBC_TUNABLES")} | env
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=60)
+    assert run.returncode == 0, run.stderr
+    return run.stdout.strip()
+
+
+def test_numpy_backend_raises_glibc_malloc_thresholds_unless_told_not_to():
+    import ctypes
+    import sys
+
+    try:
+        glibc = sys.platform.startswith("linux") and bool(ctypes.CDLL(None).gnu_get_libc_version)
+    except (OSError, AttributeError):
+        glibc = False
+    assert _tuned_in_fresh_process({}) == str(glibc)
+    assert _tuned_in_fresh_process({"MLP_MALLOC_TUNING": "0"}) == "False"
+    # the user's own malloc settings win
+    assert _tuned_in_fresh_process({"GLIBC_TUNABLES": "glibc.malloc.trim_threshold=1000000"}) == "False"
+    assert _tuned_in_fresh_process({"MALLOC_TRIM_THRESHOLD_": "1000000"}) == "False"

@@ -10,7 +10,9 @@ from the same initial weights, in the same batch order: mlp's own backends
 (numpy, jax, torch) and references written here (NumPy by hand, JAX by hand,
 PyTorch eager, scikit-learn's MLPClassifier). Each implementation runs in its
 own worker process (so thread pools and allocators do not interfere), the
-repeats are interleaved across implementations, and the table shows medians.
+repeats are interleaved across implementations, and the table shows medians;
+ratios (to the best reference, to the GEMM ceiling) are medians of the
+ratios within each round.
 
 To measure NumPy at its best on machines that set OPENBLAS_CORETYPE (see
 docs/benchmarks.md), unset it for this command alone:
@@ -549,12 +551,13 @@ def bench_config(config, impls, device, quick, repeats, log, threads=None):
                for label, (kind, target) in impls.items()}
     status = {label: w.read() for label, w in workers.items()}
     runs = {label: [] for label in impls}
-    ceilings = []
+    ceilings, round_ceilings = [], {}
     for r in range(repeats):
         # The GEMM ceiling is measured in every round, next to the runs it scales.
         ceiling = ceiling_worker.run().get("ceiling")
         if ceiling:
             ceilings.append(ceiling)
+            round_ceilings[r] = ceiling
             log(f"  {config} repeat {r + 1}/{repeats} GEMM ceiling {ceiling:.1f} GFLOP/s")
         for label, w in workers.items():
             if "error" in status[label]:
@@ -563,13 +566,20 @@ def bench_config(config, impls, device, quick, repeats, log, threads=None):
             if "error" in result:
                 status[label] = result
                 continue
-            runs[label].append(result)
+            runs[label].append(dict(result, round=r))
             log(f"  {config} repeat {r + 1}/{repeats} {label:14s} epochs "
                 + " ".join(f"{t:.2f}s" for t in result["times"]))
     for w in [ceiling_worker, *workers.values()]:
         w.close()
     return {"ceiling": statistics.median(ceilings) if ceilings else None, "ceilings": ceilings, "env": env,
-            "status": status, "runs": runs}
+            "round_ceilings": round_ceilings, "status": status, "runs": runs}
+
+
+def paired(a, b):
+    """Median over the rounds that both ran of a's value over b's in the same round
+    (``a``, ``b``: {round: value}): what a shared machine's slow phases cancel out of."""
+    both = sorted(set(a) & set(b))
+    return statistics.median(a[r] / b[r] for r in both) if both else None
 
 
 def summarize(config, quick, raw, impls):
@@ -582,6 +592,7 @@ def summarize(config, quick, raw, impls):
             rows[label] = {"error": raw["status"][label].get("error", "no runs")}
             continue
         steady = [n * (len(r["times"]) - 1) / sum(r["times"][1:]) for r in runs]
+        by_round = {r["round"]: v for r, v in zip(runs, steady)}
         first = [r["times"][0] for r in runs]
         warmup = [r["times"][0] - statistics.median(r["times"][1:]) for r in runs]
         sps = statistics.median(steady)
@@ -589,7 +600,7 @@ def summarize(config, quick, raw, impls):
             samples_per_s=sps, best_samples_per_s=max(steady), first_epoch_s=statistics.median(first), warmup_s=statistics.median(warmup),
             peak_mib=statistics.median(r["peak"] for r in runs) / 2**20, memory=runs[0]["memory"],
             best_warmup_s=min(warmup), final_loss=runs[0]["losses"][-1], losses=runs[0]["losses"], steps=runs[0]["steps"],
-            gflops=sps * per_sample / 1e9, repeats=len(runs),
+            gflops=sps * per_sample / 1e9, repeats=len(runs), by_round=by_round,
         )
     ok = {k: v for k, v in rows.items() if "error" not in v}
     anchor = next((k for k in impls if impls[k][0] == "ours" and k in ok), next(iter(ok), None))
@@ -602,11 +613,12 @@ def summarize(config, quick, raw, impls):
         row["loss_agrees"] = row["epoch_rel_diff"] <= EPOCH_RTOL and (
             row["step_rel_diff"] is None or row["step_rel_diff"] <= STEP_RTOL)
         if best_ref:
-            row["vs_best_ref"] = row["samples_per_s"] / ok[best_ref]["samples_per_s"]
+            row["vs_best_ref"] = paired(row["by_round"], ok[best_ref]["by_round"])
             fastest = max(ok[k]["best_samples_per_s"] for k in ok if impls[k][0] != "ours")
             row["best_vs_best_ref"] = row["best_samples_per_s"] / fastest
         if raw["ceiling"]:
-            row["of_ceiling"] = row["gflops"] / raw["ceiling"]
+            gflops = {r: v * per_sample / 1e9 for r, v in row["by_round"].items()}
+            row["of_ceiling"] = paired(gflops, raw["round_ceilings"])
             row["best_of_ceiling"] = row["best_samples_per_s"] * per_sample / 1e9 / max(raw["ceilings"])
     return dict(config=config, sizes=cfg["sizes"], batch=cfg["batch"], samples_per_epoch=n,
                 epochs=cfg["epochs"], steps_per_epoch=-(-n // cfg["batch"]), ceiling_gflops=raw["ceiling"],
@@ -636,7 +648,7 @@ def targets(results):
             hand = res["rows"].get("NumPy by hand", {})
             if "samples_per_s" not in hand:
                 continue
-            value = row["samples_per_s"] / hand["samples_per_s"]
+            value = paired(row["by_round"], hand["by_round"])
             best = row["best_samples_per_s"] / hand["best_samples_per_s"]
         elif measure == "warmup_s":
             value, best = row.get(measure), row.get("best_warmup_s")
@@ -673,11 +685,12 @@ def table(res):
             continue
         steps = "" if row["step_rel_diff"] is None else f", steps {row['step_rel_diff']:.0e}"
         agree = f"{'yes' if row['loss_agrees'] else 'NO'} (epochs {row['epoch_rel_diff']:.0e}{steps})"
+        nan = float("nan")
         lines.append(
-            f"| {label} | {row['samples_per_s']:,.0f} | {row.get('vs_best_ref', float('nan')):.2f} | "
+            f"| {label} | {row['samples_per_s']:,.0f} | {row.get('vs_best_ref') or nan:.2f} | "
             f"{row['first_epoch_s']:.2f} | {row['warmup_s']:.2f} | {row['peak_mib']:.0f} ({row['memory']}) | "
             f"{row['final_loss']:.4f} | {agree} | {row['gflops']:.1f} | "
-            f"{row.get('of_ceiling', float('nan')):.0%} |")
+            f"{row.get('of_ceiling') or nan:.0%} |")
     best = ", ".join(f"{k} {v['best_samples_per_s']:,.0f}" for k, v in res["rows"].items() if "error" not in v)
     lines += ["", f"Best reference: {res['best_reference']}; loss anchor: {res['anchor']}. "
               f"Best samples/s of the repeats (a shared machine only ever slows a run down): {best}."]

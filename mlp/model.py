@@ -230,9 +230,10 @@ class Sequential:
             raise DataError(f"{name} must be numeric, got dtype {host.dtype}")
         if np.issubdtype(host.dtype, np.complexfloating):
             raise DataError(f"{name} must be real numbers, got dtype {host.dtype}")
-        finite = np.isfinite(host).all(axis=1) if host.dtype != bool else np.ones(len(host), bool)
-        if not finite.all():
-            row = int(np.flatnonzero(~finite)[0])
+        # min and max are NaN or infinite exactly when some value is: two passes, no
+        # temporary (isfinite(host) of a 60,000 x 784 array costs ten times as much)
+        if host.dtype != bool and not (np.isfinite(host.min()) and np.isfinite(host.max())):
+            row = int(np.flatnonzero(~np.isfinite(host).all(axis=1))[0])
             raise DataError(
                 f"{name} has NaN or infinite values; the first is in row {row}: {host[row][:8]}"
             )

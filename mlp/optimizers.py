@@ -13,7 +13,16 @@ from .tree import leaves, tree_map, tree_map_many
 
 
 def _namespace(tree):
-    return array_api_compat.array_namespace(*leaves(tree))
+    """The array namespace of the first array in ``tree`` (all share one: the model's)."""
+    return array_api_compat.array_namespace(_first(tree))
+
+
+def _first(tree):
+    if isinstance(tree, dict):
+        tree = [tree[k] for k in sorted(tree)]
+    if isinstance(tree, (list, tuple)):
+        return next((leaf for leaf in map(_first, tree) if leaf is not None), None)
+    return tree
 
 
 def scale_add(y, a, x=None, b=1.0, *, inplace=False):

@@ -2,6 +2,12 @@
 
 A loss is called as ``loss(xp, out, target) -> (value, d_out)``: the scalar
 loss and its gradient with respect to ``out``, ready for the backward pass.
+
+``loss(xp, out, target, weights)`` weighs the rows instead: ``weights`` is
+``[B]``, non-negative, and the loss is the weighted mean of the rows' losses
+(``sum(w_i * loss_i) / sum(w)``). Rows of weight 0 count for nothing: ``fit``
+on JAX pads an epoch's last, partial batch to the full batch size with such
+rows, so that every step of the epoch runs in one compiled program.
 """
 from __future__ import annotations
 
@@ -21,11 +27,12 @@ class Loss:
     #: whether targets are class ids (accuracy makes sense)
     classification = False
 
-    def __call__(self, xp, out, target):
+    def __call__(self, xp, out, target, weights=None):
         raise NotImplementedError
 
-    def correct(self, xp, out, target):
-        """Number of correct predictions in the batch, or None for regression."""
+    def correct(self, xp, out, target, weights=None):
+        """Number of correct predictions in the batch (rows of weight 0 not
+        counted), or None for regression."""
         return None
 
     def __repr__(self):
@@ -35,6 +42,12 @@ class Loss:
 def _one_hot(xp, labels, k, dtype):
     classes = xp.arange(k, device=array_api_compat.device(labels))
     return xp.astype(xp.reshape(labels, (-1, 1)) == classes, dtype)
+
+
+def _normalized(xp, weights, dtype):
+    """Row weights ``[B]`` scaled to sum to 1."""
+    w = xp.astype(weights, dtype)
+    return w / xp.sum(w)
 
 
 class CrossEntropy(Loss):
@@ -49,7 +62,7 @@ class CrossEntropy(Loss):
     output = "softmax"
     classification = True
 
-    def __call__(self, xp, out, target):
+    def __call__(self, xp, out, target, weights=None):
         if out.ndim != 2:
             raise ShapeError(f"cross_entropy expects logits [B x K], got {fmt_shape(out.shape)}")
         b, k = out.shape
@@ -59,14 +72,18 @@ class CrossEntropy(Loss):
         e = xp.exp(z)
         s = xp.sum(e, axis=-1, keepdims=True)
         log_p = z - xp.log(s)
+        if weights is not None:
+            w = _normalized(xp, weights, out.dtype)
+            return -xp.sum(xp.sum(target * log_p, axis=-1) * w), (e / s - target) * w[:, None]
         value = -xp.sum(target * log_p) / b
         grad = (e / s - target) / b
         return value, grad
 
-    def correct(self, xp, out, target):
+    def correct(self, xp, out, target, weights=None):
         if target.ndim == 2:
             target = xp.argmax(target, axis=-1)
-        return xp.sum(xp.astype(xp.argmax(out, axis=-1) == target, out.dtype))
+        hit = xp.astype(xp.argmax(out, axis=-1) == target, out.dtype)
+        return xp.sum(hit if weights is None else hit * xp.astype(weights, out.dtype))
 
 
 class MSE(Loss):
@@ -74,10 +91,13 @@ class MSE(Loss):
 
     name = "mse"
 
-    def __call__(self, xp, out, target):
+    def __call__(self, xp, out, target, weights=None):
         if target.ndim == 1 and out.ndim == 2 and out.shape[1] == 1:
             target = xp.reshape(target, (-1, 1))
         diff = out - target
+        if weights is not None:  # each row: the mean over its elements
+            w = _normalized(xp, weights, out.dtype)[:, None] / math.prod(diff.shape[1:])
+            return xp.sum(diff * diff * w), 2.0 * diff * w
         n = math.prod(diff.shape)
         return xp.sum(diff * diff) / n, (2.0 / n) * diff
 
@@ -90,19 +110,24 @@ class BinaryCrossEntropy(Loss):
     output = "sigmoid"
     classification = True
 
-    def __call__(self, xp, out, target):
+    def __call__(self, xp, out, target, weights=None):
         if target.ndim == 1 and out.ndim == 2 and out.shape[1] == 1:
             target = xp.reshape(target, (-1, 1))
         target = xp.astype(target, out.dtype)
+        elements = xp.clip(out, min=0.0) - out * target + xp.log1p(xp.exp(-xp.abs(out)))
+        if weights is not None:  # each row: the mean over its elements
+            w = _normalized(xp, weights, out.dtype)[:, None] / math.prod(out.shape[1:])
+            return xp.sum(elements * w), (sigmoid(xp, out) - target) * w
         n = math.prod(out.shape)
-        value = xp.sum(xp.clip(out, min=0.0) - out * target + xp.log1p(xp.exp(-xp.abs(out)))) / n
-        return value, (sigmoid(xp, out) - target) / n
+        return xp.sum(elements) / n, (sigmoid(xp, out) - target) / n
 
-    def correct(self, xp, out, target):
+    def correct(self, xp, out, target, weights=None):
         if target.ndim == 1 and out.ndim == 2:
             target = xp.reshape(target, (-1, 1))
-        hit = (out > 0) == (target > 0.5)
-        return xp.sum(xp.astype(hit, out.dtype)) / out.shape[1]
+        hit = xp.astype((out > 0) == (target > 0.5), out.dtype)
+        if weights is not None:
+            hit = hit * xp.astype(weights, out.dtype)[:, None]
+        return xp.sum(hit) / out.shape[1]
 
 
 LOSSES = {

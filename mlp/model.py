@@ -6,6 +6,7 @@ step ``(params, opt_state, x, y, masks) -> (params, opt_state, loss, correct)``
 """
 from __future__ import annotations
 
+import inspect
 import time
 
 import array_api_compat
@@ -307,19 +308,28 @@ class Sequential:
 
         return x, backward
 
-    def _masks(self, batch, steps=None):
+    def _masks(self, batch, steps=None, last=None):
         """Host-drawn dropout masks for one training batch, moved to the device;
         with ``steps``, for that many batches in a row, each mask stacked ``[steps x B x D]``
-        (drawn in the same order as one batch at a time)."""
+        (drawn in the same order as one batch at a time). With ``last``, the last
+        of them is a partial batch of ``last`` rows: its masks are drawn for those
+        rows (as a step of that size would) and padded with zero rows."""
         shapes, width = [], self.input_width
         for layer in self.layers:
             if layer.needs_mask:
-                shapes.append((layer, (batch, width)))
+                shapes.append((layer, width))
             width = layer.output_width(width)
         if not shapes:
             return []
-        draws = [[layer.make_mask(self.rng, shape, self.dtype) for layer, shape in shapes]
-                 for _ in range(steps or 1)]
+        sizes = [batch] * (steps or 1)
+        if last is not None:
+            sizes[-1] = last
+
+        def draw(layer, rows, width):
+            mask = layer.make_mask(self.rng, (rows, width), self.dtype)
+            return mask if rows == batch else np.concatenate([mask, np.zeros((batch - rows, width), mask.dtype)])
+
+        draws = [[draw(layer, rows, width) for layer, width in shapes] for rows in sizes]
         hosts = draws[0] if steps is None else [np.stack(m) for m in zip(*draws)]
         return [self.backend.asarray(h, self.dtype) for h in hosts]
 
@@ -419,20 +429,22 @@ class Sequential:
     def _step_fn(self, loss, optimizer, inplace=False):
         xp = self.backend.xp
 
-        def step(params, opt_state, x, y, masks):
+        def step(params, opt_state, x, y, masks, weights=None):
             self.traces += 1  # runs once per trace on JAX, every call elsewhere
             out, backward = self._forward(params, x, train=True, masks=masks)
-            value, dout = loss(xp, out, y)
+            weighed = () if weights is None else (weights,)  # rows of weight 0 are padding
+            value, dout = loss(xp, out, y, *weighed)
             params, opt_state = optimizer.update(params, backward(dout), opt_state, inplace=inplace)
-            return params, opt_state, value, loss.correct(xp, out, y)
+            return params, opt_state, value, loss.correct(xp, out, y, *weighed)
 
         return step
 
     def train_steps(self, loss=None, optimizer=None):
-        """Many steps in one call: ``(params, opt_state, X, Y, rows, masks) ->
+        """Many steps in one call: ``(params, opt_state, X, Y, rows, masks, weights=None) ->
         (params, opt_state, losses, corrects)``, where ``rows`` is ``[S x B]``
-        row numbers of ``X`` and ``Y`` (one batch per step) and each mask is
-        ``[S x B x D]``. Built from :meth:`train_step`'s step with
+        row numbers of ``X`` and ``Y`` (one batch per step), each mask is
+        ``[S x B x D]`` and ``weights`` (``[S x B]``, or None for all 1) weigh
+        the rows in the loss (0: a padding row). Built from :meth:`train_step`'s step with
         ``Backend.scan`` and compiled as a whole: on JAX, one call and no Python
         per step. The data stays on the device; only row numbers travel."""
         loss = _losses.get(loss) if loss is not None else self.loss
@@ -443,14 +455,15 @@ class Sequential:
             return fn
         xp, backend, step = self.backend.xp, self.backend, self._step_fn(loss, optimizer)
 
-        def steps(params, opt_state, X, Y, rows, masks):
+        def steps(params, opt_state, X, Y, rows, masks, weights=None):
             def body(carry, batch):
-                rows, masks = batch
+                rows, masks, weights = batch
                 x, y = xp.take(X, rows, axis=0), xp.take(Y, rows, axis=0)
-                params, opt_state, value, correct = step(*carry, x, y, masks)
+                params, opt_state, value, correct = step(*carry, x, y, masks, weights)
                 return (params, opt_state), (value, correct)
 
-            (params, opt_state), (values, corrects) = backend.scan(body, (params, opt_state), (rows, masks))
+            (params, opt_state), (values, corrects) = backend.scan(
+                body, (params, opt_state), (rows, masks, weights))
             return params, opt_state, values, corrects
 
         fn = self._compiled[key] = backend.jit(steps)
@@ -576,26 +589,34 @@ class Sequential:
 
     def _epoch_fused(self, X, Y, order, bs, on_batch):
         """One epoch in as few calls of :meth:`train_steps` as the dropout masks
-        allow (all full batches in one call without dropout; the last, partial
-        batch in its own call). Same steps, same order as :meth:`_epoch_by_steps`;
+        allow: without dropout, one call, so one compiled program serves every
+        epoch. A last, partial batch of ``r`` rows is padded to ``bs`` rows of
+        weight 0 (see ``mlp.losses``): the same step as one on its ``r`` rows
+        (for a loss without ``weights``, the partial batch gets a call of its own).
+        Same steps, same order and same random masks as :meth:`_epoch_by_steps`;
         ``on_batch`` runs for each step of a call once the call is dispatched."""
-        n, full = X.shape[0], X.shape[0] // bs
-        n_steps = -(-n // bs)
+        n, n_steps = X.shape[0], -(-X.shape[0] // bs)
+        partial = n % bs
+        padded = bool(partial) and _takes_weights(self.loss)
+        scanned = n_steps if padded else n // bs  # the steps of full (or padded) batches
         mask_width = sum(w for w, layer in zip(self._widths(), self.layers) if layer.needs_mask)
-        chunk = max(1, min(full, self.mask_budget // (bs * mask_width))) if mask_width else full
-        calls = [(first, chunk, bs) for first in range(0, full - full % chunk, chunk)]
-        if full % chunk:
-            calls.append((full - full % chunk, full % chunk, bs))
-        if n % bs:
-            calls.append((full, 1, n % bs))
+        chunk = max(1, min(scanned, self.mask_budget // (bs * mask_width))) if mask_width else scanned
+        calls = [(first, min(chunk, scanned - first), bs) for first in range(0, scanned, chunk)]
+        if partial and not padded:
+            calls.append((scanned, 1, partial))
+        order, weights = order.astype("int32"), None
+        if padded:  # padding rows: row 0 again, with weight 0
+            order = np.concatenate([order, np.zeros(bs - partial, "int32")])
+            weights = (np.arange(n_steps * bs) < n).astype("int32").reshape(n_steps, bs)
         steps = self.train_steps()
-        order = order.astype("int32")
         params, opt_state = self.params, self.opt_state
         losses, corrects = [], []
         for first, count, size in calls:
-            rows = order[first * bs:first * bs + count * size].reshape(count, size)
-            rows = self.backend.asarray(rows, "int32")
-            params, opt_state, values, correct = steps(params, opt_state, X, Y, rows, self._masks(size, count))
+            rows = self.backend.asarray(order[first * bs:first * bs + count * size].reshape(count, size), "int32")
+            w = None if weights is None else self.backend.asarray(weights[first:first + count], "int32")
+            last = partial if padded and first + count == n_steps else None
+            params, opt_state, values, correct = steps(params, opt_state, X, Y, rows,
+                                                       self._masks(size, count, last=last), w)
             losses.append(values)
             corrects.append(correct)
             for k in range(first, first + count) if on_batch is not None else ():
@@ -630,6 +651,14 @@ class Sequential:
         if corrects:
             logs["accuracy"] = float(sum(np.sum(backend.to_numpy(c)) for c in corrects)) / n
         return logs
+
+
+def _takes_weights(loss):
+    """Whether ``loss`` accepts row weights (``mlp.losses``' own do; a user's may not)."""
+    try:
+        return "weights" in inspect.signature(loss).parameters
+    except (TypeError, ValueError):
+        return False
 
 
 def MLP(sizes, activation="relu", *, dropout=0.0, init=None, bias=True, **kwargs):

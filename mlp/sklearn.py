@@ -73,8 +73,8 @@ class _HalfMSE(_losses.MSE):
 
     name = "mse"
 
-    def __call__(self, xp, out, target):
-        value, grad = super().__call__(xp, out, target)
+    def __call__(self, xp, out, target, weights=None):
+        value, grad = super().__call__(xp, out, target, weights)
         k = out.shape[1] if out.ndim == 2 else 1
         return value / 2, grad * (k / 2)
 
@@ -85,8 +85,8 @@ class _SummedBCE(_losses.BinaryCrossEntropy):
 
     name = "binary_cross_entropy"
 
-    def __call__(self, xp, out, target):
-        value, grad = super().__call__(xp, out, target)
+    def __call__(self, xp, out, target, weights=None):
+        value, grad = super().__call__(xp, out, target, weights)
         k = out.shape[1] if out.ndim == 2 else 1
         return value * k, grad * k
 

@@ -189,15 +189,19 @@ def test_scan_fallback_matches_jax_scan():
     assert results[0][2].shape == (4, 3)
 
 
-def test_jax_trains_an_epoch_in_one_call():
+@pytest.mark.parametrize("n", [96, 100])
+def test_jax_trains_an_epoch_in_one_call_of_one_program(n):
+    """3 full batches (and with n=100 a partial one of 4 rows, padded): one call
+    per epoch, and one trace (one compiled program) for the whole run."""
     pytest.importorskip("jax")
-    x, y = data(n=96)
+    x, y = data(n=n)
     model = mlp.MLP([6, 5, 3], backend="jax", seed=0)
     calls = []
     steps = model.train_steps(optimizer=model.set_optimizer("adam"))
     model._compiled[("steps", id(model.loss), id(model.optimizer))] = lambda *a: calls.append(1) or steps(*a)
-    model.fit(x, y, epochs=2, batch_size=32)
-    assert len(calls) == 2  # 3 full batches per epoch, one call each epoch
+    h = model.fit(x, y, epochs=2, batch_size=32)
+    assert len(calls) == 2 and model.traces == 1
+    assert len(h["step_loss"]) == 2 * -(-n // 32)
 
 
 def test_on_batch_sees_every_step_on_every_path(cell):
@@ -269,3 +273,27 @@ def test_numpy_backend_raises_glibc_malloc_thresholds_unless_told_not_to():
     # the user's own malloc settings win
     assert _tuned_in_fresh_process({"GLIBC_TUNABLES": "glibc.malloc.trim_threshold=1000000"}) == "False"
     assert _tuned_in_fresh_process({"MALLOC_TRIM_THRESHOLD_": "1000000"}) == "False"
+
+
+def test_a_loss_without_weights_still_trains_fused_with_a_partial_batch(cell):
+    """A user's loss written for ``loss(xp, out, y)`` alone: the fused path runs
+    the partial batch in a call of its own instead of padding it."""
+    from mlp import losses
+
+    class Plain(losses.CrossEntropy):
+        def __call__(self, xp, out, target):
+            return super().__call__(xp, out, target)
+
+        def correct(self, xp, out, target):
+            return super().correct(xp, out, target)
+
+    x, y = data(n=170)
+    runs = []
+    for fuse in (True, False):
+        model = with_flags(mlp.MLP([6, 5, 3], backend=cell.spec, dtype=cell.dtype, seed=5, loss=Plain()),
+                           fuse_steps=fuse)
+        h = model.fit(x, y, epochs=2, batch_size=32)
+        runs.append((np.array(h["step_loss"]), h["accuracy"]))
+    assert len(runs[0][0]) == len(runs[1][0]) == 12
+    np.testing.assert_allclose(runs[0][0], runs[1][0], *cell.tol("train"))
+    assert runs[0][1] == runs[1][1]

@@ -108,3 +108,51 @@ def test_the_two_autodiff_oracles_agree():
         for a, b in zip(tg, jg):
             for k in a:
                 np.testing.assert_allclose(a[k], b[k], rtol=1e-12, atol=1e-14, err_msg=name)
+
+
+# -- row weights: how fit pads a partial batch on JAX -----------------------------------
+WEIGHTED = {  # loss: (output width, target kind)
+    "cross_entropy": (3, "ids"),
+    "cross_entropy-rows": (3, "rows"),
+    "mse": (2, "real"),
+    "binary_cross_entropy": (1, "binary-1d"),
+    "binary_cross_entropy-2d": (2, "binary-2d"),
+}
+
+
+@pytest.mark.parametrize("name", WEIGHTED)
+def test_rows_of_weight_zero_count_for_nothing(cell, name):
+    """``loss(xp, out, y, weights)`` with 0/1 weights is the loss of the rows of
+    weight 1 alone, value, gradient (0 on the other rows) and correct count alike."""
+    from mlp import losses
+
+    k, kind = WEIGHTED[name]
+    loss = losses.get(name.split("-")[0])
+    rng = np.random.default_rng(7)
+    out = rng.standard_normal((BATCH, k))
+    y = {"ids": lambda: rng.integers(0, k, BATCH),
+         "rows": lambda: rng.dirichlet(np.ones(k), BATCH),
+         "real": lambda: rng.standard_normal((BATCH, k)),
+         "binary-1d": lambda: rng.integers(0, 2, BATCH).astype("float64"),
+         "binary-2d": lambda: rng.integers(0, 2, (BATCH, k)).astype("float64")}[kind]()
+    w = np.array([1, 0, 1, 1, 0, 1, 1])
+    keep = w == 1
+    b, xp = cell.backend, cell.backend.xp
+    ydtype = "int32" if kind == "ids" else cell.dtype
+
+    def dev(a, dtype):
+        return b.asarray(np.asarray(a).astype(dtype), dtype)
+
+    value, grad = loss(xp, dev(out, cell.dtype), dev(y, ydtype), dev(w, "int32"))
+    want_value, want_grad = loss(xp, dev(out[keep], cell.dtype), dev(y[keep], ydtype))
+    cell.assert_close(value, cell.to_numpy(want_value), "forward", f"{name}: weighted value")
+    grad = cell.to_numpy(grad)
+    cell.assert_close(grad[keep], cell.to_numpy(want_grad), "grad", f"{name}: weighted gradient")
+    assert np.all(grad[~keep] == 0), f"{name}: rows of weight 0 get a gradient"
+    if loss.classification:
+        got = cell.to_numpy(loss.correct(xp, dev(out, cell.dtype), dev(y, ydtype), dev(w, "int32")))
+        want = cell.to_numpy(loss.correct(xp, dev(out[keep], cell.dtype), dev(y[keep], ydtype)))
+        assert float(got) == float(want)
+    ones = loss(xp, dev(out, cell.dtype), dev(y, ydtype), dev(np.ones(BATCH, int), "int32"))[0]
+    cell.assert_close(ones, cell.to_numpy(loss(xp, dev(out, cell.dtype), dev(y, ydtype))[0]), "forward",
+                      f"{name}: weights of 1 are the plain mean")

@@ -98,6 +98,25 @@ def test_jit_is_identity_except_on_jax():
     assert compiled is not f and float(compiled(3.0)) == 6.0
 
 
+def test_jax_jit_traces_float32_products_at_full_precision():
+    """Inside Backend.jit, JAX's matmul precision is 'highest' (no TF32 on GPUs),
+    and the user's own setting outside is left as it was."""
+    jax = pytest.importorskip("jax")
+    seen = []
+
+    def f(x):
+        seen.append(jax.config.jax_default_matmul_precision)
+        return x @ x
+
+    before = jax.config.jax_default_matmul_precision
+    b = backends.get("jax")
+    out = b.jit(f)(b.asarray(np.eye(3), "float32"))
+    assert seen == ["highest"] and jax.config.jax_default_matmul_precision == before
+    np.testing.assert_array_equal(b.to_numpy(out), np.eye(3))
+    text = b.jit(f).lower(b.asarray(np.eye(3), "float32")).as_text()
+    assert "HIGHEST" in text or "highest" in text
+
+
 def test_seeded_random_is_identical_everywhere():
     ref = None
     for spec in ("numpy", "jax", "torch", "array_api_strict:device1"):

@@ -1,6 +1,4 @@
 """CuPy on a CUDA GPU."""
-import numpy as np
-
 from ._base import Backend, BackendUnavailable
 
 EXTRA = "cuda12"

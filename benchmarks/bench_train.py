@@ -158,7 +158,7 @@ def run_hand_numpy(task, device):
     else:
         xp = np
     b1, b2 = BETAS
-    start = time.perf_counter()
+    clock = _Epochs(len(task["x"]), task["batch"])  # from here: moving the data counts
     X, Y = xp.asarray(task["x"]), xp.asarray(task["y"])
     Ws = [xp.asarray(W) for W, _ in task["init"]]
     bs = [xp.asarray(b) for _, b in task["init"]]
@@ -166,7 +166,6 @@ def run_hand_numpy(task, device):
     ms = [xp.zeros_like(p) for p in params]
     vs = [xp.zeros_like(p) for p in params]
     n, B, L, t = len(task["x"]), task["batch"], len(Ws), 0
-    times, losses, steps = [], [], []
     for perm in task["perms"]:
         perm = xp.asarray(perm)
         epoch_losses = []
@@ -199,11 +198,8 @@ def run_hand_numpy(task, device):
                 v += (1 - b2) * (g * g)
                 p -= step_size * (m / (xp.sqrt(v) / bc2_sqrt + EPS))
         step_loss = [float(v) for v in xp.stack(epoch_losses).tolist()]  # waits for the device
-        times.append(time.perf_counter() - start)
-        start = time.perf_counter()
-        losses.append(_epoch_mean(step_loss, n, B))
-        steps = steps or step_loss[:FIRST_STEPS]
-    return dict(times=times, losses=losses, steps=steps)
+        clock.epoch_done(step_loss)
+    return clock.result()
 
 
 def run_hand_jax(task, device):
@@ -234,7 +230,7 @@ def run_hand_jax(task, device):
         params = jax.tree.map(lambda p, m, v: p - step_size * m / (jnp.sqrt(v) / bc2_sqrt + EPS), params, m, v)
         return params, m, v, t, loss
 
-    start = time.perf_counter()
+    clock = _Epochs(len(task["x"]), task["batch"])  # from here: moving the data counts
     step = jax.jit(step, donate_argnums=(0, 1, 2))
     X, Y = jax.device_put(task["x"], dev), jax.device_put(task["y"].astype(np.int32), dev)
     params = jax.device_put([(W, b) for W, b in task["init"]], dev)
@@ -242,7 +238,6 @@ def run_hand_jax(task, device):
     v = jax.tree.map(jnp.zeros_like, params)
     t = jax.device_put(np.float32(0), dev)
     n, B = len(task["x"]), task["batch"]
-    times, losses, steps = [], [], []
     for perm in task["perms"]:
         perm = perm.astype(np.int32)
         epoch_losses = []
@@ -250,11 +245,8 @@ def run_hand_jax(task, device):
             params, m, v, t, loss = step(params, m, v, t, X, Y, perm[i:i + B])
             epoch_losses.append(loss)
         step_loss = np.asarray(jnp.stack(epoch_losses)).tolist()
-        times.append(time.perf_counter() - start)
-        start = time.perf_counter()
-        losses.append(_epoch_mean(step_loss, n, B))
-        steps = steps or step_loss[:FIRST_STEPS]
-    return dict(times=times, losses=losses, steps=steps)
+        clock.epoch_done(step_loss)
+    return clock.result()
 
 
 def run_torch_eager(task, device):
@@ -263,7 +255,7 @@ def run_torch_eager(task, device):
     from torch import nn
 
     dev = torch.device(device)
-    start = time.perf_counter()
+    clock = _Epochs(len(task["x"]), task["batch"])  # from here: moving the data counts
     layers = []
     for k, (W, b) in enumerate(task["init"]):
         linear = nn.Linear(*W.shape)
@@ -276,7 +268,6 @@ def run_torch_eager(task, device):
     loss_fn = nn.CrossEntropyLoss()
     X, Y = torch.from_numpy(task["x"]).to(dev), torch.from_numpy(task["y"]).to(dev)
     n, B = len(task["x"]), task["batch"]
-    times, losses, steps = [], [], []
     for perm in task["perms"]:
         perm = torch.from_numpy(perm).to(dev)
         epoch_losses = []
@@ -288,11 +279,8 @@ def run_torch_eager(task, device):
             opt.step()
             epoch_losses.append(loss.detach())
         step_loss = torch.stack(epoch_losses).tolist()
-        times.append(time.perf_counter() - start)
-        start = time.perf_counter()
-        losses.append(_epoch_mean(step_loss, n, B))
-        steps = steps or step_loss[:FIRST_STEPS]
-    return dict(times=times, losses=losses, steps=steps)
+        clock.epoch_done(step_loss)
+    return clock.result()
 
 
 def run_sklearn(task, device):
@@ -313,7 +301,7 @@ def run_sklearn(task, device):
                     batch_size=B, learning_rate_init=LR, beta_1=BETAS[0], beta_2=BETAS[1],
                     epsilon=EPS, shuffle=False)
     classes = np.arange(sizes[-1])
-    n, times, losses = len(task["x"]), [], []
+    times, losses = [], []
     for perm in task["perms"]:
         x, y = task["x"][perm], task["y"][perm]
         start = time.perf_counter()
@@ -326,6 +314,24 @@ def run_sklearn(task, device):
 
 RUNNERS = {"ours": run_ours, "hand_numpy": run_hand_numpy, "hand_jax": run_hand_jax,
            "torch_eager": run_torch_eager, "sklearn": run_sklearn}
+
+
+class _Epochs:
+    """Times and losses of a reference's epochs: ``epoch_done(step_losses)`` ends one
+    (its time runs from the previous one's end, the first's from construction)."""
+
+    def __init__(self, n, batch):
+        self.n, self.batch, self.start = n, batch, time.perf_counter()
+        self.times, self.losses, self.steps = [], [], []
+
+    def epoch_done(self, step_loss):
+        self.times.append(time.perf_counter() - self.start)
+        self.start = time.perf_counter()
+        self.losses.append(_epoch_mean(step_loss, self.n, self.batch))
+        self.steps = self.steps or list(step_loss[:FIRST_STEPS])
+
+    def result(self):
+        return dict(times=self.times, losses=self.losses, steps=self.steps)
 
 
 def _epoch_mean(step_loss, n, batch):

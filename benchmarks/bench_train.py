@@ -21,7 +21,9 @@ docs/benchmarks.md), unset it for this command alone:
 from __future__ import annotations
 
 import argparse
+import ctypes
 import datetime
+import gc
 import json
 import os
 import platform
@@ -343,7 +345,9 @@ def _epoch_mean(step_loss, n, batch):
 # -- memory --------------------------------------------------------------------
 class PeakMemory:
     """Peak memory of one run. CPU: the process's peak resident set (VmHWM, reset
-    through /proc/self/clear_refs) above its resident set at the start. GPU: the
+    through /proc/self/clear_refs) above its resident set at the start, after the
+    memory earlier runs freed has gone back to the kernel (``malloc_trim``: mlp's
+    NumPy backend keeps freed memory for reuse, see backends/_malloc.py). GPU: the
     library's peak device allocation."""
 
     def __init__(self, kind, target):
@@ -356,6 +360,11 @@ class PeakMemory:
             self._gpu_reset()
         else:
             self.what = "RSS"
+            gc.collect()
+            try:
+                ctypes.CDLL(None).malloc_trim(0)
+            except (OSError, AttributeError):  # not glibc
+                pass
             with open("/proc/self/clear_refs", "w") as f:
                 f.write("5")
             self.base = _status("VmRSS")

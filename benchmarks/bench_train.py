@@ -796,8 +796,12 @@ def main(argv=None):
     goals = targets(results) if args.device == "cpu" else ""
     if goals:
         print("### Targets (issue 6)\n\n" + goals + "\n")
+    again = list(sys.argv[1:])  # the same options, but where to write the raw results
+    if "--json" in again:
+        del again[again.index("--json"):again.index("--json") + 2]
+    again = [a for a in again if not a.startswith("--json=")]
     print(f"Total time {time.perf_counter() - start:.0f} s. Regenerate: "
-          f"python benchmarks/bench_train.py{' --device gpu' if args.device == 'gpu' else ''}")
+          + " ".join(["python benchmarks/bench_train.py", *again]))
     if args.json:
         with open(args.json, "w") as f:
             json.dump({"device": args.device, "repeats": repeats, "results": results,

@@ -411,8 +411,9 @@ class Sequential:
 
     # -- training ----------------------------------------------------------
     def train_step(self, loss=None, optimizer=None, *, inplace=False):
-        """The pure step ``(params, opt_state, x, y, masks) -> (params, opt_state,
-        loss, correct)``, compiled once per backend through ``Backend.jit``.
+        """The pure step ``(params, opt_state, x, y, masks, weights=None) -> (params,
+        opt_state, loss, correct)``, compiled once per backend through ``Backend.jit``
+        (``weights``: ``[B]`` row weights for the loss, see ``mlp.losses``).
 
         ``inplace=True`` (used by ``fit`` where ``Backend.inplace`` is True) lets
         the step overwrite the ``params`` and ``opt_state`` arrays it is given,

@@ -23,11 +23,16 @@ def leaves(tree):
 
 
 def tree_map_many(fn, n, tree, *rest):
-    """``n`` trees shaped like ``tree`` from ``fn(leaf, *leaves_of_rest) -> (a_1, ..., a_n)``."""
-    results = []
-    tree_map(lambda *a: results.append(fn(*a)), tree, *rest)
-    outs = []
-    for k in range(n):
-        column = iter([r[k] for r in results])
-        outs.append(tree_map(lambda _: next(column), tree))
-    return tuple(outs)
+    """``n`` trees shaped like ``tree`` from ``fn(leaf, *leaves_of_rest) -> (a_1, ..., a_n)``
+    (the trees in ``rest`` have ``tree``'s structure)."""
+    results = [fn(*args) for args in zip(leaves(tree), *map(leaves, rest))]
+    return tuple(_unflatten(tree, iter([r[k] for r in results])) for k in range(n))
+
+
+def _unflatten(tree, values):
+    """``tree`` with its leaves replaced, in :func:`leaves`' order, by ``values``."""
+    if isinstance(tree, dict):
+        return {k: _unflatten(tree[k], values) for k in sorted(tree)}
+    if isinstance(tree, (list, tuple)):
+        return type(tree)(_unflatten(t, values) for t in tree)
+    return None if tree is None else next(values)

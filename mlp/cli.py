@@ -27,7 +27,8 @@ from . import __version__, checkpoint, datasets
 from . import optimizers as _optimizers
 from .errors import is_out_of_memory, MLPError, TrainingDiverged
 from .layers import ACTIVATIONS
-from .model import MLP, StopTraining
+from .callbacks import CheckpointWriter, EarlyStopping, ProgressBar
+from .model import MLP
 
 DEFAULTS = {
     "dataset": "digits", "hidden": [128, 64], "activation": "relu", "dropout": 0.0,
@@ -182,17 +183,20 @@ def _dataset_info(data):
             "low": plain(data.low), "high": plain(data.high), "test_size": TEST_SIZE}
 
 
-def _arch(model):
-    from .layers import Linear
+def _hidden(model):
+    """The widths of the hidden layers: the outputs of all but the last layer that changes the width."""
+    widths = model.layer_widths() + [model.output_width]
+    changes = [widths[i + 1] for i in range(len(model.layers)) if model.layers[i].in_width is not None]
+    return changes[:-1]
 
-    widths = [model.input_width] + [l.out_features for l in model.layers if isinstance(l, Linear)]
-    return "-".join(str(w) for w in widths)
+
+def _arch(model):
+    return "-".join(str(w) for w in [model.input_width, *_hidden(model), model.output_width])
 
 
 def _activation_name(model):
-    from .layers import Dropout, Linear
-
-    return next((type(l).__name__ for l in model.layers if not isinstance(l, (Linear, Dropout))), "linear")
+    return next((type(l).__name__ for l in model.layers if l.in_width is None and not l.needs_mask
+                 and type(l).__name__ != "Dropout"), "linear")
 
 
 def _opt_text(opt):
@@ -215,53 +219,6 @@ def _write_json(path, obj):
 
 
 # -- train --------------------------------------------------------------------------
-class _Progress:
-    """One tqdm bar per epoch: samples/s while it runs, loss and accuracy at its end."""
-
-    def __init__(self, n, batch_size, last_epoch, disable):
-        self.n, self.bs, self.last, self.disable = n, batch_size, last_epoch, disable
-        self.bar = None
-        self.model = None
-
-    def on_batch(self, step, n_steps):
-        if self.bar is None:
-            from tqdm.auto import tqdm
-
-            width = len(str(self.last))
-            self.bar = tqdm(total=self.n, unit="samples", unit_scale=True, leave=True, file=sys.stderr,
-                            desc=f"epoch {self.model.epoch + 1:>{width}}/{self.last}", disable=self.disable,
-                            dynamic_ncols=True)
-        self.bar.update(min(self.bs, self.n - step * self.bs))
-
-    def __call__(self, model, epoch, logs):
-        if self.bar is None:
-            return
-        post = {"loss": f"{logs['loss']:.4f}", "acc": f"{logs.get('accuracy', float('nan')):.4f}"}
-        if "val_loss" in logs:
-            post.update(val_loss=f"{logs['val_loss']:.4f}", val_acc=f"{logs.get('val_accuracy', float('nan')):.4f}")
-        self.bar.set_postfix(post, refresh=False)
-        self.close()
-
-    def close(self):
-        if self.bar is not None:
-            self.bar.close()
-            self.bar = None
-
-
-class _EarlyStopping:
-    def __init__(self, patience):
-        self.patience, self.best, self.wait, self.stopped_at = patience, float("inf"), 0, None
-
-    def __call__(self, model, epoch, logs):
-        if logs["val_loss"] < self.best:
-            self.best, self.wait = logs["val_loss"], 0
-            return
-        self.wait += 1
-        if self.wait >= self.patience:
-            self.stopped_at = epoch
-            raise StopTraining
-
-
 def _settings(args, meta):
     """The run's settings: the checkpoint's when resuming (flags may not contradict
     them), else the flags over DEFAULTS."""
@@ -293,10 +250,7 @@ def _train(args):
         model, meta = checkpoint.load(args.resume, backend=backend)
     settings = _settings(args, meta)
     if meta is not None and "train" not in meta["extra"]:  # saved from Python: describe the model as it is
-        from .layers import Linear
-
-        widths = [layer.out_features for layer in model.layers if isinstance(layer, Linear)][:-1]
-        settings.update(hidden=widths, dtype=model.dtype, seed=model.seed, activation=_activation_name(model).lower())
+        settings.update(hidden=_hidden(model), dtype=model.dtype, seed=model.seed, activation=_activation_name(model).lower())
         if model.optimizer is not None:
             settings.update(optimizer=model.optimizer.config()["name"], lr=model.optimizer.lr)
     if args.early_stopping and not settings["val_split"]:
@@ -325,32 +279,26 @@ def _train(args):
                f"{model.backend.spec}, {model.dtype}")
 
     extra = {"train": settings, "dataset": _dataset_info(data)}
-    progress = _Progress(len(y), min(bs, len(y)), last, disable=args.quiet)
-    progress.model = model
+    progress = ProgressBar(len(y), bs, last, disable=args.quiet)
     callbacks = [progress]
     start_epoch = model.epoch
-    saved_epoch = [start_epoch if meta is not None and save == args.resume else None]
-
-    def write(m, epoch=None, logs=None):
-        checkpoint.save(m, save, extra=extra)
-        saved_epoch[0] = m.epoch
-
+    write = CheckpointWriter(save, extra, start_epoch if meta is not None and save == args.resume else None)
     if save:
         callbacks.append(write)
-    stopper = _EarlyStopping(args.early_stopping) if args.early_stopping else None
+    stopper = EarlyStopping(args.early_stopping) if args.early_stopping else None
     if stopper:
         callbacks.append(stopper)
     start = time.perf_counter()
     try:
         model.fit(x, y, epochs=args.epochs, batch_size=bs, validation_data=validation, callbacks=callbacks,
-                  on_batch=progress.on_batch, devices=args.devices)
+                  devices=args.devices)
     except KeyboardInterrupt:
         # fit leaves the model as the last finished epoch left it: that is what gets saved
         progress.close()
-        raise Interrupted(_interrupted(model, save, saved_epoch, write, args)) from None
+        raise Interrupted(_interrupted(model, save, write, args)) from None
     except TrainingDiverged as err:
         progress.close()
-        kept = (f"; {save} holds epoch {saved_epoch[0]}, intact" if save and saved_epoch[0] is not None
+        kept = (f"; {save} holds epoch {write.saved_epoch}, intact" if save and write.saved_epoch is not None
                 else "; nothing was saved")
         raise CLIError(f"{err}{kept}") from None
     finally:
@@ -391,14 +339,14 @@ def _train(args):
     return 0
 
 
-def _interrupted(model, save, saved_epoch, write, args):
+def _interrupted(model, save, write, args):
     """Save the last finished epoch (unless already saved); the line to print."""
     where = f"in epoch {model.epoch + 1}"
     if not save:
         return f"interrupted {where}; nothing saved (--save PATH keeps every finished epoch)"
-    if saved_epoch[0] is None and model.epoch == 0:
+    if write.saved_epoch is None and model.epoch == 0:
         return f"interrupted {where}; no epoch had finished, so nothing was saved"
-    if saved_epoch[0] != model.epoch:
+    if write.saved_epoch != model.epoch:
         write(model)
     _write_json(_history_path(save, args.plot), {k: v for k, v in model.history.items() if k != "step_loss"})
     return (f"interrupted {where}; {save} holds epoch {model.epoch} "

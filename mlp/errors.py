@@ -53,3 +53,16 @@ def is_out_of_memory(err):
         return True
     text = str(err)
     return isinstance(err, RuntimeError) and any(t.lower() in text.lower() for t in _OOM_TEXT)
+
+
+def guard_memory(backend, run, what, hint="pass fewer rows at a time"):
+    """``run()``, with an out-of-memory error of any library turned into
+    :class:`OutOfMemory` naming ``backend``, ``what`` ran and a ``hint``."""
+    try:
+        return run()
+    except Exception as err:  # noqa: BLE001 - libraries' OOM errors have no common base class
+        if not is_out_of_memory(err) or isinstance(err, OutOfMemory):
+            raise
+        first = (str(err).strip().splitlines() or [""])[0][:200].rstrip(".")
+        raise OutOfMemory(f"out of memory on {backend!r} during {what}: "
+                          f"{type(err).__name__}: {first}. Hint: {hint}") from err

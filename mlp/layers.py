@@ -17,17 +17,43 @@ from .errors import fmt_shape, ShapeError
 
 
 class Layer:
-    """Base class: a layer without parameters that keeps its input's width."""
+    """Base class: a layer without parameters that keeps its input's width.
+
+    The shape protocol: ``in_width`` (the input width the layer requires, or
+    None for a layer that takes any), ``output_width(in_width)``,
+    ``param_shapes(in_width)`` (name -> shape, empty without parameters) and
+    ``describe(in_width)`` (the pieces of its :meth:`Sequential.summary` row).
+    """
 
     has_params = False
     needs_mask = False  # True for layers that draw random masks in training (Dropout)
+    in_width = None  # the input width this layer requires; None: any
 
     def init(self, rng):
         """Initial parameters as float64 NumPy arrays, drawn from the host ``rng``."""
         return {}
 
     def output_width(self, width):
+        """The output width for an input of ``width`` features (checked against ``in_width``)."""
+        if self.in_width is not None and width != self.in_width:
+            raise ShapeError(f"{self!r} expects [B x {self.in_width}], got [B x {width}]")
         return width
+
+    def param_shapes(self, width):
+        """``{name: shape}`` of the parameters for an input of ``width`` features.
+
+        A layer with parameters should override this (it is called often); this
+        fallback draws :meth:`init` once from a throwaway generator and reads the shapes."""
+        if not self.has_params:
+            return {}
+        return {k: tuple(np.shape(v)) for k, v in self.init(np.random.default_rng(0)).items()}
+
+    def describe(self, width):
+        """The summary row's pieces for an input of ``width`` features: ``computes``
+        and ``weights`` (text), ``n_weights`` and ``n_biases`` (counts). Here every
+        parameter counts as a weight."""
+        n = sum(math.prod(s) for s in self.param_shapes(width).values())
+        return {"computes": "", "weights": f"{n:,}" if n else "", "n_weights": n, "n_biases": 0}
 
     def forward(self, xp, params, x, train=False, mask=None):
         raise NotImplementedError
@@ -80,12 +106,25 @@ class Linear(Layer):
             params["b"] = np.zeros(fan_out)
         return params
 
+    @property
+    def in_width(self):
+        return self.in_features
+
     def output_width(self, width):
-        if width != self.in_features:
-            raise ShapeError(
-                f"{self!r} expects [B x {self.in_features}], got [B x {width}]"
-            )
+        super().output_width(width)
         return self.out_features
+
+    def param_shapes(self, width):
+        shapes = {"W": (self.in_features, self.out_features)}
+        if self.bias:
+            shapes["b"] = (self.out_features,)
+        return shapes
+
+    def describe(self, width):
+        d_in, d_out = self.in_features, self.out_features
+        w, b = d_in * d_out, d_out if self.bias else 0
+        computes = f"[B x {d_in}] @ [{d_in} x {d_out}]" + (f" + [1 x {d_out}]" if self.bias else "")
+        return {"computes": computes, "weights": f"{d_in} x {d_out} = {w:,}", "n_weights": w, "n_biases": b}
 
     def forward(self, xp, params, x, train=False, mask=None):
         if x.shape[-1] != self.in_features:
@@ -264,6 +303,27 @@ def activation(name):
 
 
 LAYERS = {cls.__name__: cls for cls in (Linear, ReLU, LeakyReLU, Sigmoid, Tanh, GELU, Softmax, Identity, Dropout)}
+
+
+def register_layer(cls, name=None):
+    """Make ``cls`` (a :class:`Layer` subclass) rebuildable from its ``config()``
+    (checkpoints, ``Sequential.from_config``) under ``name`` (default: the class
+    name, which ``Layer.config`` writes as ``type``). Returns ``cls``, so it
+    also works as a class decorator."""
+    if not (isinstance(cls, type) and issubclass(cls, Layer)):
+        raise TypeError(f"register_layer expects a Layer subclass, got {cls!r}")
+    name = cls.__name__ if name is None else name
+    known = LAYERS.get(name)
+    if known is not None and known is not cls:
+        raise ValueError(f"a different layer is already registered as {name!r}: {known!r}")
+    LAYERS[name] = cls
+    return cls
+
+
+def is_linear(layer):
+    """Whether ``layer`` is a :class:`Linear` (a dense layer), for code that
+    describes a plain MLP (its hidden widths)."""
+    return isinstance(layer, Linear)
 
 
 def from_config(config):

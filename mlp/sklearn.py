@@ -30,6 +30,7 @@ from sklearn.utils.validation import check_is_fitted, column_or_1d, validate_dat
 import backends
 
 from . import losses as _losses
+from . import validation
 from .layers import Identity, Linear, ReLU, Sigmoid, Tanh
 from .model import Sequential
 from .optimizers import SGD, Adam
@@ -187,7 +188,7 @@ class _BaseMLP(BaseEstimator):
         """Copy the parameters to the host as scikit-learn's ``coefs_`` / ``intercepts_``
         (copies, also on NumPy: editing them never reaches the network, nor the reverse)."""
         model = self._model
-        linear = [p for layer, p in zip(model.layers, model.params) if isinstance(layer, Linear)]
+        linear = [p for p in model.params if p]  # the dense layers: the only ones with parameters
         self.coefs_ = [np.array(model.backend.to_numpy(p["W"])) for p in linear]
         self.intercepts_ = [np.array(model.backend.to_numpy(p["b"])) for p in linear]
 
@@ -238,8 +239,8 @@ class _BaseMLP(BaseEstimator):
                 warnings.warn(f"Got `batch_size` larger than the sample size ({self.batch_size} > {n}). "
                               "It is going to be clipped")
             bs = int(np.clip(self.batch_size, 1, n))
-        Xd = model._as_input(X)  # moved to the device once, reused by every epoch
-        Yd = model._as_target(self._targets(Y), model.loss, n)
+        Xd = validation.as_input(model, X)  # moved to the device once, reused by every epoch
+        Yd = validation.as_target(model, self._targets(Y), model.loss, n)
         n_batches = -(-n // bs)
         for _ in range(1 if incremental else self.max_iter):
             l2 = self._l2() if self.alpha else 0.0  # with the weights the epoch starts from

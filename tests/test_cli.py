@@ -237,8 +237,9 @@ def test_validation_early_stopping_and_plot(capsys, tmp_path):
 
 def test_early_stopping_counts_epochs_without_improvement():
     from mlp import StopTraining
+    from mlp.callbacks import EarlyStopping
 
-    stop = cli._EarlyStopping(2)
+    stop = EarlyStopping(2)
     for epoch, val in enumerate([1.0, 0.8, 0.9], start=1):
         stop(None, epoch, {"val_loss": val})
     with pytest.raises(StopTraining):

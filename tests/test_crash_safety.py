@@ -13,7 +13,7 @@ import time
 import numpy as np
 import pytest
 
-from mlp import checkpoint, cli
+from mlp import callbacks, checkpoint, cli
 
 pytestmark = pytest.mark.skipif(sys.platform == "win32", reason="POSIX signals")
 
@@ -163,7 +163,7 @@ def test_ctrl_c_before_the_first_epoch_saves_nothing(tmp_path, monkeypatch, caps
     def stop(*args, **kwargs):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(cli._Progress, "on_batch", stop)
+    monkeypatch.setattr(callbacks.ProgressBar, "on_batch", stop)
     assert cli.main(["train", "--save", "run.safetensors", "--epochs", "3", *SMALL]) == 130
     assert "no epoch had finished, so nothing was saved" in capsys.readouterr().err
     assert not os.path.exists("run.safetensors")

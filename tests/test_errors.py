@@ -610,23 +610,19 @@ def test_interrupted_fit_is_the_last_finished_epoch_exactly():
 
 def _sabotage(monkeypatch, from_epoch):
     """Make the weights NaN once ``from_epoch`` starts: the loss of its next step is NaN."""
-    real = mlp.Sequential._epochs
+    real = mlp.Sequential.train_step
 
-    def epochs(self, *args, **kwargs):
-        real_step = self.train_step()
+    def train_step(self, *args, **kwargs):
+        real_step = real(self, *args, **kwargs)
 
         def step(params, *rest):
             if self.epoch + 1 >= from_epoch:
                 params = [{k: v * float("nan") for k, v in p.items()} for p in params]
             return real_step(params, *rest)
 
-        self.train_step = lambda *a, **k: step
-        try:
-            return real(self, *args, **kwargs)
-        finally:
-            del self.train_step
+        return step
 
-    monkeypatch.setattr(mlp.Sequential, "_epochs", epochs)
+    monkeypatch.setattr(mlp.Sequential, "train_step", train_step)
 
 
 def _diverging_cli_run():
@@ -656,16 +652,10 @@ def _cli_oom():
 
     err = type("OutOfMemoryError", (RuntimeError,), {"__module__": "torch"})
     with _pytest.MonkeyPatch.context() as mp:
-        real = mlp.Sequential._epochs
+        def train_step(self, *args, **kwargs):
+            raise err("CUDA out of memory. Tried to allocate 20.00 GiB")
 
-        def epochs(self, *args, **kwargs):
-            _oom_step(err("CUDA out of memory. Tried to allocate 20.00 GiB"), self)
-            try:
-                return real(self, *args, **kwargs)
-            finally:
-                del self.train_step
-
-        mp.setattr(mlp.Sequential, "_epochs", epochs)
+        mp.setattr(mlp.Sequential, "train_step", train_step)
         return _cli("train", "--batch-size", "4096", "--hidden", "8", "--quiet", "--epochs", "1")
 
 
@@ -689,7 +679,7 @@ def test_out_of_memory_recognition():
 def test_predict_out_of_memory_says_so(monkeypatch):
     model = small()
     model.forward(X4)  # compile
-    monkeypatch.setitem(model._compiled, "infer", lambda *a: (_ for _ in ()).throw(MemoryError("no room")))
+    monkeypatch.setitem(model.compiled, "infer", lambda *a: (_ for _ in ()).throw(MemoryError("no room")))
     with pytest.raises(OutOfMemory, match="forward pass over x: MemoryError: no room. Hint: pass fewer rows"):
         model.predict(X4)
 

@@ -62,6 +62,7 @@ EQUIVALENCE = """
     import json
     import numpy as np
     import backends, mlp
+    from mlp import training, validation
 
     rng = np.random.default_rng(0)
     X = rng.standard_normal((774, 16)).astype("float32")
@@ -88,7 +89,8 @@ EQUIVALENCE = """
 
     # The step really is split: [8 x 16] on each device, and XLA added an all-reduce.
     dp = four.backend.data_parallel("all", batch_size=32)
-    xb, yb, masks = dp.shard((four._as_input(X[:32]), four._as_target(y[:32], four.loss, 32), four._masks(32)))
+    xb, yb, masks = dp.shard((validation.as_input(four, X[:32]), validation.as_target(four, y[:32], four.loss, 32),
+                              training.draw_masks(four, 32)))
     out["n_all"] = dp.n
     out["shards"] = sorted({s.data.shape for s in xb.addressable_shards})
     params, state = dp.replicate((four.params, four.opt_state))

@@ -308,6 +308,12 @@ class Sequential:
 
         return x, backward
 
+    def apply(self, params, x, *, train=False, masks=()):
+        """The forward pass with the given parameters (shaped like ``self.params``):
+        ``(outputs, backward)``, where ``backward(d_outputs)`` returns the gradients,
+        shaped like ``params``. ``x`` must already be on the model's device."""
+        return self._forward(params, x, train=train, masks=masks)
+
     def _masks(self, batch, steps=None, last=None):
         """Host-drawn dropout masks for one training batch, moved to the device;
         with ``steps``, for that many batches in a row, each mask stacked ``[steps x B x D]``

@@ -172,7 +172,7 @@ class Sequential:
         return self
 
     # -- forward and backward ----------------------------------------------
-    def apply(self, params, x, train=False, masks=()):
+    def apply(self, params, x, *, train=False, masks=()):
         """Run every layer on a checked device array ``x`` with ``params``; return
         the output and ``backward(dout) -> grads`` (shaped like ``params``).
         ``masks``: one per layer that draws one in training (see ``mlp.training.draw_masks``)."""
@@ -251,25 +251,30 @@ class Sequential:
         return result
 
     # -- training (mlp.training) --------------------------------------------
-    def train_step(self, loss=None, optimizer=None, *, inplace=False):
+    def train_step(self, loss=None, optimizer=None, *, inplace=False, run=None):
         """The pure step ``(params, opt_state, x, y, masks, weights=None) -> (params,
         opt_state, loss, correct)``, compiled once per backend through ``Backend.jit``
         (``weights``: ``[B]`` row weights for the loss, see ``mlp.losses``).
 
         ``inplace=True`` (used by ``fit`` where ``Backend.inplace`` is True) lets
         the step overwrite the ``params`` and ``opt_state`` arrays it is given,
-        which the caller must own and not use again."""
-        return training.train_step(self, loss, optimizer, inplace=inplace)
+        which the caller must own and not use again.
 
-    def train_steps(self, loss=None, optimizer=None):
+        With ``run`` (a :class:`mlp.flat.Run`, what ``fit`` uses) the step works on
+        one flat parameter vector instead: ``(P, state, x, y, masks, weights=None,
+        count=None) -> (P, state, loss, correct)`` (see ``mlp.flat``)."""
+        return training.train_step(self, loss, optimizer, inplace=inplace, run=run)
+
+    def train_steps(self, loss=None, optimizer=None, *, run=None):
         """Many steps in one call: ``(params, opt_state, X, Y, rows, masks, weights=None) ->
         (params, opt_state, losses, corrects)``, where ``rows`` is ``[S x B]``
         row numbers of ``X`` and ``Y`` (one batch per step), each mask is
         ``[S x B x D]`` and ``weights`` (``[S x B]``, or None for all 1) weigh
         the rows in the loss (0: a padding row). Built from :meth:`train_step`'s step with
         ``Backend.scan`` and compiled as a whole: on JAX, one call and no Python
-        per step. The data stays on the device; only row numbers travel."""
-        return training.train_steps(self, loss, optimizer)
+        per step. The data stays on the device; only row numbers travel. With ``run``
+        (a :class:`mlp.flat.Run` whose state counts steps), on flat parameters."""
+        return training.train_steps(self, loss, optimizer, run=run)
 
     def set_optimizer(self, optimizer, **kwargs):
         """Use ``optimizer`` (an Optimizer or a name such as 'adam') from now on,

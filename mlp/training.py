@@ -15,6 +15,7 @@ import time
 
 import numpy as np
 
+from . import flat as _flat
 from . import losses as _losses
 from . import validation
 from .callbacks import StopTraining
@@ -62,36 +63,55 @@ def _resolve(model, loss, optimizer):
             optimizer if optimizer is not None else model.optimizer)
 
 
+def train_forward(model, params, x, masks):
+    """The training forward pass; counts traces (once per trace on JAX, every call elsewhere)."""
+    model.traces += 1
+    return model.apply(params, x, train=True, masks=masks)
+
+
+def flat_run(model, optimizer=None):
+    """A :class:`mlp.flat.Run` for ``fit``, or None where the optimizer's state
+    cannot be flattened (a user's optimizer without ``slots``)."""
+    optimizer = optimizer if optimizer is not None else model.optimizer
+    if not _flat.supported(optimizer, model.opt_state):
+        return None
+    return _flat.Run(model.params, optimizer, model.backend.xp, host_counts=not model.backend.compiles)
+
+
 def step_fn(model, loss, optimizer, inplace=False):
     """The uncompiled step ``(params, opt_state, x, y, masks, weights=None) ->
     (params, opt_state, loss, correct)``."""
     xp = model.backend.xp
 
     def step(params, opt_state, x, y, masks, weights=None):
-        model.traces += 1  # runs once per trace on JAX, every call elsewhere
-        out, backward = model.apply(params, x, train=True, masks=masks)
-        weighed = () if weights is None else (weights,)  # rows of weight 0 are padding
-        value, dout = loss(xp, out, y, *weighed)
+        out, backward = train_forward(model, params, x, masks)
+        value, dout, correct = loss.terms(xp, out, y, weights)  # rows of weight 0 are padding
         params, opt_state = optimizer.update(params, backward(dout), opt_state, inplace=inplace)
-        return params, opt_state, value, loss.correct(xp, out, y, *weighed)
+        return params, opt_state, value, correct
 
     return step
 
 
-def train_step(model, loss=None, optimizer=None, *, inplace=False):
+def _body(model, loss, optimizer, run, inplace=False):
+    if run is None:
+        return step_fn(model, loss, optimizer, inplace)
+    return run.step(lambda params, x, masks: train_forward(model, params, x, masks), loss, inplace=inplace)
+
+
+def train_step(model, loss=None, optimizer=None, *, inplace=False, run=None):
     """:meth:`Sequential.train_step`: the step, compiled once through ``Backend.jit``."""
     loss, optimizer = _resolve(model, loss, optimizer)
     inplace = bool(inplace and model.backend.inplace)
-    return model.compiled.get_or_build(("step", id(loss), id(optimizer), inplace),
-                                       lambda: model.backend.jit(step_fn(model, loss, optimizer, inplace)))
+    return model.compiled.get_or_build(("step", id(loss), id(optimizer), inplace, run is not None),
+                                       lambda: model.backend.jit(_body(model, loss, optimizer, run, inplace)))
 
 
-def train_steps(model, loss=None, optimizer=None):
+def train_steps(model, loss=None, optimizer=None, *, run=None):
     """:meth:`Sequential.train_steps`: many steps in one compiled call, through ``Backend.scan``."""
     loss, optimizer = _resolve(model, loss, optimizer)
 
     def build():
-        xp, backend, step = model.backend.xp, model.backend, step_fn(model, loss, optimizer)
+        xp, backend, step = model.backend.xp, model.backend, _body(model, loss, optimizer, run)
 
         def steps(params, opt_state, X, Y, rows, masks, weights=None):
             def body(carry, batch):
@@ -106,7 +126,7 @@ def train_steps(model, loss=None, optimizer=None):
 
         return backend.jit(steps)
 
-    return model.compiled.get_or_build(("steps", id(loss), id(optimizer)), build)
+    return model.compiled.get_or_build(("steps", id(loss), id(optimizer), run is not None), build)
 
 
 # -- the fit loop --------------------------------------------------------------------
@@ -208,22 +228,30 @@ class StepEpoch:
     def run(self, model, X, Y, order, bs, on_batch):
         backend, xp, n, dp = model.backend, model.backend.xp, X.shape[0], self.dp
         inplace = backend.inplace and dp.n == 1
-        step = dp.wrap(model.train_step(inplace=inplace))  # shards each batch over the devices
-        params, opt_state = dp.replicate((model.params, model.opt_state))
-        if inplace:
+        run = flat_run(model)
+        step = dp.wrap(model.train_step(inplace=inplace, run=run))  # shards each batch over the devices
+        params, opt_state, t0 = model.params, model.opt_state, 0
+        if run is not None:  # new flat arrays: the step may write them in place
+            params, opt_state, t0 = run.begin(params, opt_state)
+        elif inplace:
             params, opt_state = tree_map(lambda a: xp.asarray(a, copy=True), (params, opt_state))
-        idx = backend.asarray(order.astype("int32"), "int32")
+        params, opt_state = dp.replicate((params, opt_state))
+        counted = run is not None and run.host_counts
+        idx = backend.asarray(order.astype(backend.index_dtype), backend.index_dtype)
         n_steps = -(-n // bs)
         losses, corrects = [], []
-        for i in range(0, n, bs):
+        for k, i in enumerate(range(0, n, bs)):
             batch = idx[i:min(i + bs, n)]
             xb, yb = xp.take(X, batch, axis=0), xp.take(Y, batch, axis=0)
-            params, opt_state, value, correct = step(params, opt_state, xb, yb, draw_masks(model, xb.shape[0]))
+            extra = (None, t0 + k + 1) if counted else ()  # the step number, from the host
+            params, opt_state, value, correct = step(params, opt_state, xb, yb, draw_masks(model, xb.shape[0]),
+                                                     *extra)
             losses.append(value)
             corrects.append(correct)
             if on_batch is not None:
-                on_batch(i // bs, n_steps)
-        model.params, model.opt_state = dp.gather((params, opt_state))
+                on_batch(k, n_steps)
+        params, opt_state = dp.gather((params, opt_state))
+        model.params, model.opt_state = (params, opt_state) if run is None else run.end(params, opt_state, n_steps)
         return [xp.stack(losses)], (None if corrects[0] is None else [xp.stack(corrects)])
 
 
@@ -258,8 +286,11 @@ class FusedEpoch:
         if padded:  # padding rows: row 0 again, with weight 0
             order = np.concatenate([order, np.zeros(bs - partial, "int32")])
             weights = (np.arange(n_steps * bs) < n).astype("int32").reshape(n_steps, bs)
-        steps = model.train_steps()
+        run = flat_run(model)
+        steps = model.train_steps(run=run)
         params, opt_state = model.params, model.opt_state
+        if run is not None:
+            params, opt_state, _ = run.begin(params, opt_state)
         losses, corrects = [], []
         for first, count, size in calls:
             rows = backend.asarray(order[first * bs:first * bs + count * size].reshape(count, size), "int32")
@@ -271,7 +302,7 @@ class FusedEpoch:
             corrects.append(correct)
             for k in range(first, first + count) if on_batch is not None else ():
                 on_batch(k, n_steps)
-        model.params, model.opt_state = params, opt_state
+        model.params, model.opt_state = (params, opt_state) if run is None else run.end(params, opt_state, 0)
         return losses, (None if corrects[0] is None else corrects)
 
 

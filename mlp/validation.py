@@ -123,7 +123,7 @@ def as_target(model, y, loss=None, n=None):
     if n is not None and host.shape[0] != n:
         raise ShapeError(f"x has {n} rows but y has {host.shape[0]}: they must match")
     if np.issubdtype(host.dtype, np.integer) and host.ndim == 1:
-        return backend.asarray(host.astype("int32"), "int32")
+        return backend.asarray(host.astype(backend.index_dtype), backend.index_dtype)
     if not np.isfinite(host).all():
         row = int(np.flatnonzero(~np.isfinite(host).reshape(len(host), -1).all(axis=1))[0])
         raise DataError(f"y has NaN or infinite values; the first is in row {row}")

@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 
 from ._base import Backend, BackendUnavailable
 
-__all__ = ["Backend", "BackendUnavailable", "available", "get", "register", "use"]
+__all__ = ["Backend", "BackendUnavailable", "available", "get", "register", "transfer", "use"]
 
 ENTRY_POINT_GROUP = "mlp.backends"
 GPU_ORDER = ("cupy", "jax", "torch")
@@ -272,3 +272,20 @@ def available():
         except Exception as err:  # noqa: BLE001 - a broken library is a status, not a crash
             out.append(BackendStatus(name, f"installed, broken: {type(err).__name__}: {err}"))
     return out
+
+
+def transfer(x, src, dst):
+    """An array of backend ``src`` as an array of backend ``dst``.
+
+    DLPack where both libraries share the memory kind (zero-copy), else a copy
+    through the host. Arrays are never mutated in place here, so sharing is safe.
+    """
+    if src == dst:
+        return x
+    try:
+        y = dst.xp.from_dlpack(x)
+        if dst.owns(y):
+            return y
+    except Exception:  # noqa: BLE001 - DLPack support differs by library and device
+        pass
+    return dst.asarray(src.to_numpy(x))

@@ -236,7 +236,7 @@ class SingleDevice:
 
 def _map(fn, tree):
     if isinstance(tree, dict):
-        return {k: _map(fn, v) for k, v in tree.items()}
+        return {k: _map(fn, tree[k]) for k in sorted(tree)}  # sorted, as mlp.tree and JAX
     if isinstance(tree, (list, tuple)):
         return type(tree)(_map(fn, t) for t in tree)
     return None if tree is None else fn(tree)
@@ -252,7 +252,7 @@ def _stack(xp, trees):
     """A list of equally shaped trees -> one tree of arrays stacked along axis 0."""
     first = trees[0]
     if isinstance(first, dict):
-        return {k: _stack(xp, [t[k] for t in trees]) for k in first}
+        return {k: _stack(xp, [t[k] for t in trees]) for k in sorted(first)}
     if isinstance(first, (list, tuple)):
         return type(first)(_stack(xp, [t[i] for t in trees]) for i in range(len(first)))
     return None if first is None else xp.stack(trees)

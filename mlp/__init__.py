@@ -8,10 +8,10 @@ The math runs through the array namespace of the model's backend (see the
 ``backends`` package), so the same code trains on NumPy, CuPy, JAX, PyTorch and
 array-api-strict. Importing mlp imports none of JAX, CuPy, PyTorch or scikit-learn.
 """
-from . import checkpoint, datasets, losses, optimizers
+from . import callbacks, checkpoint, datasets, losses, optimizers, training, validation
 from .errors import DataError, DeviceMismatch, MLPError, OutOfMemory, ShapeError, TrainingDiverged
 from .layers import (GELU, Dropout, Identity, Layer, LeakyReLU, Linear, ReLU, Sigmoid, Softmax,
-                     Tanh)
+                     Tanh, register_layer)
 from .model import MLP, History, Sequential, StopTraining, transfer
 from .optimizers import SGD, Adam, AdamW
 
@@ -20,6 +20,7 @@ __version__ = "0.1.0"
 __all__ = [
     "MLP", "Sequential", "History", "StopTraining", "transfer",
     "Layer", "Linear", "ReLU", "LeakyReLU", "Sigmoid", "Tanh", "GELU", "Softmax", "Identity", "Dropout",
-    "SGD", "Adam", "AdamW", "losses", "optimizers", "datasets", "checkpoint",
+    "register_layer", "SGD", "Adam", "AdamW", "losses", "optimizers", "datasets", "checkpoint",
+    "callbacks", "training", "validation",
     "MLPError", "ShapeError", "DataError", "DeviceMismatch", "TrainingDiverged", "OutOfMemory",
 ]

@@ -28,48 +28,33 @@ import backends
 
 from . import optimizers as _optimizers
 from .errors import MLPError
-from .layers import from_config, Linear
-from .model import History, Sequential
+from .layers import from_config
+from .model import Sequential
+from .tree import map_named, named_leaves
 
 FORMAT = "mlp.checkpoint"
 FORMAT_VERSION = 1
-BIT_GENERATORS = ("PCG64", "PCG64DXSM", "MT19937", "Philox", "SFC64")
 
 
 class CheckpointError(MLPError, ValueError):
     """A file that is not a readable mlp checkpoint (missing, corrupt, or another format)."""
 
 
-def _paths(tree, prefix):
-    """``[(dotted name, leaf)]`` for a nested dict/list/tuple, in a fixed order."""
-    if isinstance(tree, dict):
-        return [p for k in sorted(tree) for p in _paths(tree[k], f"{prefix}.{k}")]
-    if isinstance(tree, (list, tuple)):
-        return [p for i, t in enumerate(tree) for p in _paths(t, f"{prefix}.{i}")]
-    if tree is None:
-        return []
-    return [(prefix, tree)]
+def _tensor(tensors, path):
+    """``fn(name, template)``: the host tensor ``name`` of a checkpoint at ``path``,
+    checked against the model's array ``template``."""
+    def get(name, template):
+        if name not in tensors:
+            raise CheckpointError(f"{path}: tensor {name!r} is missing; the checkpoint is incomplete")
+        host = tensors[name]
+        if host.dtype.kind not in "fiub":
+            raise CheckpointError(f"{path}: tensor {name!r} has dtype {host.dtype}, not a real number type")
+        if hasattr(template, "shape") and tuple(host.shape) != tuple(template.shape):
+            raise CheckpointError(f"{path}: tensor {name!r} is {list(host.shape)}, the model "
+                                  f"expects {list(template.shape)}")
+        return host
 
-
-def _fill(template, prefix, tensors, backend, path):
-    """``template`` with every leaf replaced by the tensor of the same name, on ``backend``."""
-    if isinstance(template, dict):
-        return {k: _fill(v, f"{prefix}.{k}", tensors, backend, path) for k, v in template.items()}
-    if isinstance(template, (list, tuple)):
-        return type(template)(_fill(v, f"{prefix}.{i}", tensors, backend, path) for i, v in enumerate(template))
-    if template is None:
-        return None
-    if prefix not in tensors:
-        raise CheckpointError(f"{path}: tensor {prefix!r} is missing; the checkpoint is incomplete")
-    host = tensors[prefix]
-    if host.dtype.kind not in "fiub":
-        raise CheckpointError(f"{path}: tensor {prefix!r} has dtype {host.dtype}, not a real number type")
-    if not hasattr(template, "shape"):  # a plain Python number in the optimizer state
-        return type(template)(host.item())
-    if tuple(host.shape) != tuple(template.shape):
-        raise CheckpointError(f"{path}: tensor {prefix!r} is {list(host.shape)}, the model "
-                              f"expects {list(template.shape)}")
-    return backend.asarray(host, backend.dtype_name(template.dtype))
+    return get
 
 
 def _write_atomic(path, data):
@@ -100,20 +85,18 @@ def save(model, path, *, extra=None):
 
     from . import __version__
 
-    to_host = model.backend.to_numpy
-    tensors = {name: np.asarray(to_host(a), order="C") for name, a in _paths(model.params, "params")}
-    if model.opt_state is not None:
-        tensors.update({name: np.asarray(to_host(a), order="C") for name, a in _paths(model.opt_state, "opt")})
-    history = {k: v for k, v in model.history.items() if k != "step_loss"}
+    state = model.state()
+    tensors = {name: np.asarray(a, order="C") for name, a in named_leaves(state["params"], "params")}
+    tensors.update({name: np.asarray(a, order="C") for name, a in named_leaves(state["opt_state"], "opt")})
     meta = {
         "format": FORMAT,
         "format_version": str(FORMAT_VERSION),
         "mlp_version": __version__,
-        "config": json.dumps(model.config()),
-        "optimizer": json.dumps(model.optimizer.config() if model.optimizer is not None else None),
-        "epoch": str(int(model.epoch)),
-        "rng_state": json.dumps(model.rng.bit_generator.state),
-        "history": json.dumps(history),
+        "config": json.dumps(state["config"]),
+        "optimizer": json.dumps(state["optimizer"]),
+        "epoch": str(state["epoch"]),
+        "rng_state": json.dumps(state["rng_state"]),
+        "history": json.dumps(state["history"]),
         "backend": model.backend.spec,
         "extra": json.dumps(extra if extra is not None else {}),
     }
@@ -174,20 +157,17 @@ def read(path):
 def _check_shapes(layers, tensors, path):
     """Every parameter tensor the architecture needs is there with its shape, before
     anything is allocated for the model (a damaged config cannot ask for terabytes)."""
+    width = next(layer.in_width for layer in layers if layer.in_width is not None)
     for i, layer in enumerate(layers):
-        if not isinstance(layer, Linear):
-            continue
-        want = {"W": (layer.in_features, layer.out_features)}
-        if layer.bias:
-            want["b"] = (layer.out_features,)
-        for name, shape in want.items():
+        for name, shape in layer.param_shapes(width).items():
             key = f"params.{i}.{name}"
             if key not in tensors:
                 raise CheckpointError(f"{path}: tensor {key!r} of layer {i} {layer!r} is missing; "
                                       f"the checkpoint is incomplete or not of this architecture")
-            if tuple(tensors[key].shape) != shape:
+            if tuple(tensors[key].shape) != tuple(shape):
                 raise CheckpointError(f"{path}: tensor {key!r} is {list(tensors[key].shape)}, but layer {i} "
                                       f"{layer!r} needs {list(shape)}: the weights do not fit the architecture")
+        width = layer.output_width(width)
 
 
 def load(path, backend=None):
@@ -197,11 +177,8 @@ def load(path, backend=None):
     if not isinstance(backend, backends.Backend):
         backend = backends.get(backend)  # an unavailable backend is BackendUnavailable, not a bad file
     try:
-        config = meta["config"]
-        layers = [from_config(c) for c in config["layers"]]
-        _check_shapes(layers, tensors, path)
-        model = Sequential(*layers, backend=backend, seed=config.get("seed", 0),
-                           dtype=config.get("dtype", "float32"), loss=config.get("loss", "cross_entropy"))
+        _check_shapes([from_config(c) for c in meta["config"]["layers"]], tensors, path)
+        model = Sequential.from_config(meta["config"], backend=backend)
     except backends.BackendUnavailable:
         raise
     except CheckpointError:
@@ -209,20 +186,13 @@ def load(path, backend=None):
     except (KeyError, TypeError, ValueError, AttributeError) as err:
         raise CheckpointError(f"{path}: the architecture in the checkpoint is invalid: {err}") from err
     try:
-        model.params = _fill(model.params, "params", tensors, model.backend, path)
+        get = _tensor(tensors, path)
+        state = {**meta, "params": map_named(get, model.params, "params")}
         if meta["optimizer"] is not None:
             config = dict(meta["optimizer"])
-            name = config.pop("name")
-            model.set_optimizer(_optimizers.get(name, **config))
-            model.opt_state = _fill(model.opt_state, "opt", tensors, model.backend, path)
-        state = meta["rng_state"]
-        if state.get("bit_generator") not in BIT_GENERATORS:  # a name from the file is never just called
-            raise ValueError(f"unknown bit generator {state.get('bit_generator')!r}")
-        rng = np.random.Generator(getattr(np.random, state["bit_generator"])())
-        rng.bit_generator.state = state
-        model.rng = rng
-        model.epoch = meta["epoch"]
-        model.history = History(meta["history"])
+            template = _optimizers.get(config.pop("name"), **config).init(model.params)
+            state["opt_state"] = map_named(get, template, "opt")
+        model.load_state(state)
     except CheckpointError:
         raise
     except (KeyError, TypeError, ValueError, AttributeError, OverflowError) as err:
@@ -247,7 +217,7 @@ def load_weights(model, path):
                               f"this model {', '.join(map(repr, layers))}")
     _check_shapes(layers, tensors, path)
     try:
-        model.params = _fill(model.params, "params", tensors, model.backend, path)
+        model.load_state({"params": map_named(_tensor(tensors, path), model.params, "params")})
     except (TypeError, ValueError) as err:
         raise CheckpointError(f"{path}: the checkpoint is damaged ({type(err).__name__}: {err})") from err
     return model

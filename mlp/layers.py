@@ -321,12 +321,6 @@ def register_layer(cls, name=None):
     return cls
 
 
-def is_linear(layer):
-    """Whether ``layer`` is a :class:`Linear` (a dense layer), for code that
-    describes a plain MLP (its hidden widths)."""
-    return isinstance(layer, Linear)
-
-
 def from_config(config):
     """Rebuild a layer from :meth:`Layer.config`'s dict."""
     config = dict(config)

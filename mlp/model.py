@@ -11,6 +11,7 @@ from __future__ import annotations
 import numpy as np
 
 import backends
+from backends import transfer  # noqa: F401 - re-exported: mlp.transfer
 
 from . import losses as _losses
 from . import optimizers as _optimizers
@@ -22,21 +23,8 @@ from .layers import Dropout, from_config, Layer, Linear, sigmoid, softmax
 from .tree import leaves, tree_map
 
 
-def transfer(x, src, dst):
-    """An array of backend ``src`` as an array of backend ``dst``.
-
-    DLPack where both libraries share the memory kind (zero-copy), else a copy
-    through the host. Arrays are never mutated in place here, so sharing is safe.
-    """
-    if src == dst:
-        return x
-    try:
-        y = dst.xp.from_dlpack(x)
-        if dst.owns(y):
-            return y
-    except Exception:  # noqa: BLE001 - DLPack support differs by library and device
-        pass
-    return dst.asarray(src.to_numpy(x))
+#: The NumPy bit generators a saved RNG state may name.
+BIT_GENERATORS = ("PCG64", "PCG64DXSM", "MT19937", "Philox", "SFC64")
 
 
 class Sequential:
@@ -135,6 +123,43 @@ class Sequential:
         layers = [from_config(c) for c in config["layers"]]
         return cls(*layers, backend=backend, seed=config.get("seed", 0),
                    dtype=config.get("dtype", "float32"), loss=config.get("loss", "cross_entropy"))
+
+    def state(self):
+        """Everything that defines the model now, as host values: ``config``,
+        ``params`` and ``opt_state`` (NumPy trees), ``optimizer`` (its config or
+        None), ``epoch``, ``rng_state`` and ``history``. :meth:`load_state` of a
+        model built by :meth:`from_config` from ``config`` restores it exactly."""
+        host = lambda tree: tree_map(lambda a: np.asarray(self.backend.to_numpy(a)), tree)  # noqa: E731
+        return {"config": self.config(), "params": host(self.params), "opt_state": host(self.opt_state),
+                "optimizer": self.optimizer.config() if self.optimizer is not None else None,
+                "epoch": int(self.epoch), "rng_state": self.rng.bit_generator.state,
+                "history": {k: list(v) for k, v in self.history.items() if k != "step_loss"}}
+
+    def load_state(self, state):
+        """Restore :meth:`state`'s values (host trees shaped like this model's) onto the
+        backend; keys that ``state`` lacks (or ``optimizer: None``) leave that part as it is."""
+        def put(template, host):
+            if not hasattr(template, "shape"):  # a plain Python number in the optimizer state
+                return type(template)(np.asarray(host).item())
+            if tuple(np.shape(host)) != tuple(template.shape):
+                raise ShapeError(f"a saved array is {list(np.shape(host))}, the model expects {list(template.shape)}")
+            return self.backend.asarray(host, self.backend.dtype_name(template.dtype))
+
+        if "params" in state:
+            self.params = tree_map(put, self.params, state["params"])
+        if state.get("optimizer") is not None:
+            config = dict(state["optimizer"])
+            self.set_optimizer(config.pop("name"), **config)
+            self.opt_state = tree_map(put, self.opt_state, state["opt_state"])
+        if "rng_state" in state:
+            rng = state["rng_state"]
+            if rng.get("bit_generator") not in BIT_GENERATORS:  # a name from a file is never just called
+                raise ValueError(f"unknown bit generator {rng.get('bit_generator')!r}")
+            self.rng = np.random.Generator(getattr(np.random, rng["bit_generator"])())
+            self.rng.bit_generator.state = rng
+        self.epoch = int(state.get("epoch", self.epoch))
+        self.history = History(state["history"]) if "history" in state else self.history
+        return self
 
     def __repr__(self):
         inner = ", ".join(repr(layer) for layer in self.layers)

@@ -31,7 +31,7 @@ import backends
 
 from . import losses as _losses
 from . import validation
-from .layers import Identity, Linear, ReLU, Sigmoid, Tanh
+from .layers import Identity, Linear, ReLU, Sigmoid, Tanh  # Linear: the base of _L2Linear
 from .model import Sequential
 from .optimizers import SGD, Adam
 from .tree import tree_map
@@ -302,25 +302,19 @@ class _BaseMLP(BaseEstimator):
         model = state.pop("_model", None)
         state.pop("_backend", None)
         if model is not None:
-            state["_opt_state"] = tree_map(model.backend.to_numpy, model.opt_state)
-            state["_rng_state"] = model.rng.bit_generator.state
+            state["_model_state"] = model.state()  # host NumPy values, as a checkpoint holds them
         return state
 
     def __setstate__(self, state):
-        opt_state, rng_state = state.pop("_opt_state", None), state.pop("_rng_state", None)
+        saved = state.pop("_model_state", None)
         self.__dict__.update(state)
-        if "coefs_" in state:
+        if saved is not None:
             self._backend = backends.get(self.backend, device=self.device)
             model = self._model = self._new_model(self.n_features_in_, self.n_outputs_, 0)
-            model.rng.bit_generator.state = rng_state
-            params = iter(zip(self.coefs_, self.intercepts_))
-            b = model.backend
-            model.params = [
-                {k: b.asarray(v, self._dtype) for k, v in zip(("W", "b"), next(params))}
-                if isinstance(layer, Linear) else {} for layer in model.layers
-            ]
+            model.load_state({**saved, "optimizer": None})  # the optimizer object stays the estimator's
             model.optimizer = self._optimizer
-            model.opt_state = tree_map(lambda a: b.asarray(a, a.dtype.name), opt_state)
+            b = model.backend
+            model.opt_state = tree_map(lambda a: b.asarray(a, a.dtype.name), saved["opt_state"])
 
 
 class MLPClassifier(ClassifierMixin, _BaseMLP):

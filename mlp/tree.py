@@ -1,10 +1,14 @@
-"""Maps over the nested lists, tuples and dicts that hold parameters and state."""
+"""Maps over the nested lists, tuples and dicts that hold parameters and state.
+
+The one tree module of ``mlp``: every traversal visits dict keys in sorted
+order (as JAX does), so a dict that came back from ``jax.jit`` gives the same order.
+"""
 
 
 def tree_map(fn, tree, *rest):
     """Apply ``fn`` to the leaves of ``tree`` (and the same leaves of ``rest``)."""
     if isinstance(tree, dict):
-        return {k: tree_map(fn, tree[k], *(r[k] for r in rest)) for k in tree}
+        return {k: tree_map(fn, tree[k], *(r[k] for r in rest)) for k in sorted(tree)}
     if isinstance(tree, (list, tuple)):
         return type(tree)(tree_map(fn, t, *(r[i] for r in rest)) for i, t in enumerate(tree))
     if tree is None:
@@ -36,3 +40,21 @@ def _unflatten(tree, values):
     if isinstance(tree, (list, tuple)):
         return type(tree)(_unflatten(t, values) for t in tree)
     return None if tree is None else next(values)
+
+
+def named_leaves(tree, prefix):
+    """``[(dotted name, leaf)]`` in :func:`leaves`' order: ``params.0.W``, ``opt.m.1.b``, ..."""
+    if isinstance(tree, dict):
+        return [p for k in sorted(tree) for p in named_leaves(tree[k], f"{prefix}.{k}")]
+    if isinstance(tree, (list, tuple)):
+        return [p for i, t in enumerate(tree) for p in named_leaves(t, f"{prefix}.{i}")]
+    return [] if tree is None else [(prefix, tree)]
+
+
+def map_named(fn, tree, prefix):
+    """``tree`` with each leaf replaced by ``fn(name, leaf)`` (names as :func:`named_leaves`)."""
+    if isinstance(tree, dict):
+        return {k: map_named(fn, tree[k], f"{prefix}.{k}") for k in sorted(tree)}
+    if isinstance(tree, (list, tuple)):
+        return type(tree)(map_named(fn, t, f"{prefix}.{i}") for i, t in enumerate(tree))
+    return None if tree is None else fn(prefix, tree)

@@ -28,7 +28,7 @@ import backends
 
 from . import optimizers as _optimizers
 from .errors import MLPError
-from .layers import from_config
+from .layers import chain_widths, from_config
 from .model import Sequential
 from .tree import map_named, named_leaves
 
@@ -157,8 +157,7 @@ def read(path):
 def _check_shapes(layers, tensors, path):
     """Every parameter tensor the architecture needs is there with its shape, before
     anything is allocated for the model (a damaged config cannot ask for terabytes)."""
-    width = next(layer.in_width for layer in layers if layer.in_width is not None)
-    for i, layer in enumerate(layers):
+    for i, (layer, width) in enumerate(zip(layers, chain_widths(layers))):
         for name, shape in layer.param_shapes(width).items():
             key = f"params.{i}.{name}"
             if key not in tensors:
@@ -167,7 +166,6 @@ def _check_shapes(layers, tensors, path):
             if tuple(tensors[key].shape) != tuple(shape):
                 raise CheckpointError(f"{path}: tensor {key!r} is {list(tensors[key].shape)}, but layer {i} "
                                       f"{layer!r} needs {list(shape)}: the weights do not fit the architecture")
-        width = layer.output_width(width)
 
 
 def load(path, backend=None):

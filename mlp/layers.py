@@ -321,6 +321,48 @@ def register_layer(cls, name=None):
     return cls
 
 
+def stack(sizes, act="relu", *, dropout=0.0, init=None, bias=True):
+    """The layers of a multilayer perceptron from its widths: ``stack([784, 16, 10])``
+    is ``[Linear(784, 16), ReLU(), Linear(16, 10)]``.
+
+    ``init`` defaults to 'he' for ReLU-like activations and 'glorot' otherwise;
+    ``dropout`` adds a Dropout after each hidden activation."""
+    sizes = list(sizes)
+    if len(sizes) < 2:
+        raise ValueError(f"MLP needs at least an input and an output width, got {sizes!r}")
+    name = act if isinstance(act, str) else type(act).__name__.lower()
+    if init is None:
+        init = "he" if name in ("relu", "leaky_relu", "leakyrelu", "gelu") else "glorot"
+    layers = []
+    for i, (d_in, d_out) in enumerate(zip(sizes[:-1], sizes[1:])):
+        layers.append(Linear(d_in, d_out, bias=bias, init=init))
+        if i < len(sizes) - 2:
+            layers.append(activation(act))  # layers without params can be shared
+            if dropout:
+                layers.append(Dropout(dropout))
+    return layers
+
+
+def chain_widths(layers):
+    """The input width of every layer in order, then the last one's output width,
+    starting from the first layer that fixes its input width (``Layer.in_width``)."""
+    start = next((i for i, layer in enumerate(layers) if layer.in_width is not None), None)
+    if start is None:
+        raise ValueError("Sequential needs a layer that fixes the input width (such as Linear)")
+    width, source, widths = layers[start].in_width, None, []
+    for i, layer in enumerate(layers):
+        need = layer.in_width
+        if need is not None and source is not None and width != need:
+            raise ShapeError(f"layer {i} {layer!r} expects [B x {need}], but layer "
+                             f"{source[0]} {source[1]!r} produces [B x {width}]")
+        widths.append(width)
+        out = layer.output_width(width)
+        if need is not None or out != width:
+            source = (i, layer)
+        width = out
+    return widths + [width]
+
+
 def from_config(config):
     """Rebuild a layer from :meth:`Layer.config`'s dict."""
     config = dict(config)

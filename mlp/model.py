@@ -18,8 +18,7 @@ from . import optimizers as _optimizers
 from . import training, validation
 from .callbacks import History, StopTraining  # noqa: F401 - re-exported: mlp.model.History
 from .errors import guard_memory, ShapeError
-from .layers import activation as _activation
-from .layers import Dropout, from_config, Layer, Linear, sigmoid, softmax
+from .layers import chain_widths, from_config, Layer, sigmoid, softmax, stack
 from .tree import leaves, tree_map
 
 
@@ -50,7 +49,7 @@ class Sequential:
             if not isinstance(layer, Layer):
                 raise TypeError(f"layer {i} is {type(layer).__name__}, not an mlp layer")
         self.layers = list(layers)
-        self._widths = self._check_widths()
+        self._widths = chain_widths(self.layers)  # every layer's input width, then the output's
         if dtype not in ("float32", "float64"):
             raise ValueError(f"dtype must be 'float32' or 'float64', got {dtype!r}")
         self.dtype = dtype
@@ -70,25 +69,6 @@ class Sequential:
         self.traces = 0  # how many times the train step was traced (compiled) on JAX
 
     # -- structure ----------------------------------------------------------
-    def _check_widths(self):
-        """The input width of every layer, and the output width last; from the
-        first layer that fixes its input width (``Layer.in_width``)."""
-        start = next((i for i, layer in enumerate(self.layers) if layer.in_width is not None), None)
-        if start is None:
-            raise ValueError("Sequential needs a layer that fixes the input width (such as Linear)")
-        width, source, widths = self.layers[start].in_width, None, []
-        for i, layer in enumerate(self.layers):
-            need = layer.in_width
-            if need is not None and source is not None and width != need:
-                raise ShapeError(f"layer {i} {layer!r} expects [B x {need}], but layer "
-                                 f"{source[0]} {source[1]!r} produces [B x {width}]")
-            widths.append(width)
-            out = layer.output_width(width)
-            if need is not None or out != width:
-                source = (i, layer)
-            width = out
-        return widths + [width]
-
     @property
     def input_width(self):
         return self._widths[0]
@@ -278,27 +258,15 @@ class Sequential:
     # -- training (mlp.training) --------------------------------------------
     def train_step(self, loss=None, optimizer=None, *, inplace=False, run=None):
         """The pure step ``(params, opt_state, x, y, masks, weights=None) -> (params,
-        opt_state, loss, correct)``, compiled once per backend through ``Backend.jit``
-        (``weights``: ``[B]`` row weights for the loss, see ``mlp.losses``).
-
-        ``inplace=True`` (used by ``fit`` where ``Backend.inplace`` is True) lets
-        the step overwrite the ``params`` and ``opt_state`` arrays it is given,
-        which the caller must own and not use again.
-
-        With ``run`` (a :class:`mlp.flat.Run`, what ``fit`` uses) the step works on
-        one flat parameter vector instead: ``(P, state, x, y, masks, weights=None,
-        count=None) -> (P, state, loss, correct)`` (see ``mlp.flat``)."""
+        opt_state, loss, correct)``, compiled once through ``Backend.jit``; ``inplace``
+        may overwrite the arrays it is given, ``run`` (a :class:`mlp.flat.Run`, what
+        ``fit`` uses) works on one flat parameter vector. See :func:`mlp.training.train_step`."""
         return training.train_step(self, loss, optimizer, inplace=inplace, run=run)
 
     def train_steps(self, loss=None, optimizer=None, *, run=None):
-        """Many steps in one call: ``(params, opt_state, X, Y, rows, masks, weights=None) ->
-        (params, opt_state, losses, corrects)``, where ``rows`` is ``[S x B]``
-        row numbers of ``X`` and ``Y`` (one batch per step), each mask is
-        ``[S x B x D]`` and ``weights`` (``[S x B]``, or None for all 1) weigh
-        the rows in the loss (0: a padding row). Built from :meth:`train_step`'s step with
-        ``Backend.scan`` and compiled as a whole: on JAX, one call and no Python
-        per step. The data stays on the device; only row numbers travel. With ``run``
-        (a :class:`mlp.flat.Run` whose state counts steps), on flat parameters."""
+        """Many steps in one compiled call: ``(params, opt_state, X, Y, rows, masks,
+        weights=None) -> (params, opt_state, losses, corrects)``, ``rows`` being ``[S x B]``
+        row numbers of the device arrays ``X`` and ``Y``. See :func:`mlp.training.train_steps`."""
         return training.train_steps(self, loss, optimizer, run=run)
 
     def set_optimizer(self, optimizer, **kwargs):
@@ -311,22 +279,11 @@ class Sequential:
 
     def fit(self, x, y, *, epochs=1, batch_size=32, optimizer=None, loss=None, shuffle=True,
             validation_data=None, callbacks=(), on_batch=None, devices=None):
-        """Train for ``epochs`` passes over ``(x, y)`` in mini-batches (see :mod:`mlp.training`).
-
-        Host data is moved to the device once; each epoch shuffles with a host
-        permutation (from the model's seeded generator) and slices batches on
-        the device. Returns the :class:`History` (also kept as ``self.history``).
-        ``optimizer`` defaults to the one in use, else ``Adam()``. ``callbacks``
-        (see :mod:`mlp.callbacks`): each ``cb(model, epoch, logs)`` runs after each
-        epoch and may raise :class:`StopTraining`. ``on_batch(step, n_steps)``, if given, runs after
-        each step is dispatched (it reads nothing from the device: for progress bars).
-
-        ``devices`` (an int or ``"all"``; JAX only) trains data-parallel: the
-        parameters are replicated on that many devices and each batch of
-        ``batch_size`` rows (which must divide by the device count) is split
-        over them; see docs/multidevice.md. Between epochs the parameters are
-        back on the model's own device.
-        """
+        """Train for ``epochs`` passes over ``(x, y)`` in mini-batches; returns the
+        :class:`History` (also ``self.history``). ``optimizer`` defaults to the one in
+        use, else ``Adam()``; ``callbacks``: see :mod:`mlp.callbacks`; ``on_batch(step,
+        n_steps)`` runs after each step is dispatched; ``devices`` (JAX) trains
+        data-parallel (docs/multidevice.md). Details: :func:`mlp.training.fit`."""
         return training.fit(self, x, y, epochs=epochs, batch_size=batch_size, optimizer=optimizer, loss=loss,
                             shuffle=shuffle, validation_data=validation_data, callbacks=callbacks,
                             on_batch=on_batch, devices=devices)
@@ -334,23 +291,6 @@ class Sequential:
 
 def MLP(sizes, activation="relu", *, dropout=0.0, init=None, bias=True, **kwargs):
     """A multilayer perceptron from layer widths: ``MLP([784, 16, 10])`` is
-    ``Linear(784, 16), ReLU(), Linear(16, 10)``.
-
-    ``init`` defaults to 'he' for ReLU-like activations and 'glorot' otherwise;
-    ``dropout`` adds a Dropout after each hidden activation. Other keyword
-    arguments (``backend``, ``seed``, ``dtype``, ``loss``) go to :class:`Sequential`.
-    """
-    sizes = list(sizes)
-    if len(sizes) < 2:
-        raise ValueError(f"MLP needs at least an input and an output width, got {sizes!r}")
-    name = activation if isinstance(activation, str) else type(activation).__name__.lower()
-    if init is None:
-        init = "he" if name in ("relu", "leaky_relu", "leakyrelu", "gelu") else "glorot"
-    layers = []
-    for i, (d_in, d_out) in enumerate(zip(sizes[:-1], sizes[1:])):
-        layers.append(Linear(d_in, d_out, bias=bias, init=init))
-        if i < len(sizes) - 2:
-            layers.append(_activation(activation))  # layers without params can be shared
-            if dropout:
-                layers.append(Dropout(dropout))
-    return Sequential(*layers, **kwargs)
+    ``Linear(784, 16), ReLU(), Linear(16, 10)`` (see :func:`mlp.layers.stack`).
+    Other keyword arguments (``backend``, ``seed``, ``dtype``, ``loss``) go to :class:`Sequential`."""
+    return Sequential(*stack(sizes, activation, dropout=dropout, init=init, bias=bias), **kwargs)

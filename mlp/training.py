@@ -99,7 +99,16 @@ def _body(model, loss, optimizer, run, inplace=False):
 
 
 def train_step(model, loss=None, optimizer=None, *, inplace=False, run=None):
-    """:meth:`Sequential.train_step`: the step, compiled once through ``Backend.jit``."""
+    """:meth:`Sequential.train_step`: the pure step ``(params, opt_state, x, y, masks,
+    weights=None) -> (params, opt_state, loss, correct)``, compiled once per backend
+    through ``Backend.jit`` (``weights``: ``[B]`` row weights for the loss, see ``mlp.losses``).
+
+    ``inplace=True`` (used by ``fit`` where ``Backend.inplace`` is True) lets
+    the step overwrite the ``params`` and ``opt_state`` arrays it is given,
+    which the caller must own and not use again. With ``run`` (a
+    :class:`mlp.flat.Run`, what ``fit`` uses) the step works on one flat parameter
+    vector instead: ``(P, state, x, y, masks, weights=None, count=None) -> (P, state,
+    loss, correct)`` (see ``mlp.flat``)."""
     loss, optimizer = _resolve(model, loss, optimizer)
     inplace = bool(inplace and model.backend.inplace)
     return model.compiled.get_or_build(("step", id(loss), id(optimizer), inplace, run is not None),
@@ -107,7 +116,13 @@ def train_step(model, loss=None, optimizer=None, *, inplace=False, run=None):
 
 
 def train_steps(model, loss=None, optimizer=None, *, run=None):
-    """:meth:`Sequential.train_steps`: many steps in one compiled call, through ``Backend.scan``."""
+    """:meth:`Sequential.train_steps`: many steps in one call: ``(params, opt_state, X, Y,
+    rows, masks, weights=None) -> (params, opt_state, losses, corrects)``, where ``rows``
+    is ``[S x B]`` row numbers of ``X`` and ``Y`` (one batch per step), each mask is
+    ``[S x B x D]`` and ``weights`` (``[S x B]``, or None for all 1) weigh the rows in
+    the loss (0: a padding row). Built from the train step with ``Backend.scan`` and
+    compiled as a whole: on JAX, one call and no Python per step. The data stays on
+    the device; only row numbers travel. With ``run``, on flat parameters."""
     loss, optimizer = _resolve(model, loss, optimizer)
 
     def build():
@@ -132,7 +147,23 @@ def train_steps(model, loss=None, optimizer=None, *, run=None):
 # -- the fit loop --------------------------------------------------------------------
 def fit(model, x, y, *, epochs=1, batch_size=32, optimizer=None, loss=None, shuffle=True,
         validation_data=None, callbacks=(), on_batch=None, devices=None):
-    """:meth:`Sequential.fit` (see there)."""
+    """:meth:`Sequential.fit`: train ``model`` for ``epochs`` passes over ``(x, y)``.
+
+    Host data is moved to the device once; each epoch shuffles with a host
+    permutation (from the model's seeded generator) and slices batches on
+    the device. Returns the model's :class:`History`. ``optimizer`` defaults to
+    the one in use, else ``Adam()``; ``loss`` replaces the model's loss. Each
+    callback ``cb(model, epoch, logs)`` runs after each epoch and may raise
+    :class:`StopTraining`; its ``on_train_begin(model)``, ``on_batch(step, n_steps)``
+    and ``on_train_end(model)`` run where it has them. ``on_batch(step, n_steps)``,
+    if given, runs after each step is dispatched (it reads nothing from the device:
+    for progress bars). An epoch that fails is rolled back (see :func:`run_epochs`).
+
+    ``devices`` (an int or ``"all"``; JAX only) trains data-parallel: the
+    parameters are replicated on that many devices and each batch of
+    ``batch_size`` rows (which must divide by the device count) is split
+    over them; see docs/multidevice.md. Between epochs the parameters are
+    back on the model's own device."""
     if loss is not None:
         model.loss = _losses.get(loss)
     if optimizer is not None and optimizer is not model.optimizer:

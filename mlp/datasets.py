@@ -66,7 +66,7 @@ class Dataset:
 
     def scale(self, raw):
         """Raw rows (pixels 0..255, CSV columns as in the file ...) -> float32 in [0, 1]."""
-        return _scale(raw, self.low, self.high)
+        return scale(raw, self.low, self.high)
 
     def __repr__(self):
         image = f", images {self.image_shape[0]}x{self.image_shape[1]}" if self.image_shape else ""
@@ -74,7 +74,9 @@ class Dataset:
                 f"{self.n_features} features, {self.n_classes} classes{image})")
 
 
-def _scale(raw, low, high):
+def scale(raw, low, high):
+    """``raw`` mapped from ``[low, high]`` (per feature) to ``[0, 1]`` as float32, clipped;
+    a feature with ``high <= low`` is divided by 1."""
     raw = np.asarray(raw, dtype=np.float64)
     low, high = np.asarray(low, dtype=np.float64), np.asarray(high, dtype=np.float64)
     span = np.where(high > low, high - low, 1.0)
@@ -100,8 +102,8 @@ def split(n, test_size, seed):
 def _from_arrays(name, x, y, classes, image_shape, low, high, seed, test_size, source=""):
     x = np.asarray(x).reshape(len(x), -1)
     train, test = split(len(y), test_size, seed)
-    return Dataset(name, _scale(x[train], low, high), y[train].astype(np.int64),
-                   _scale(x[test], low, high), y[test].astype(np.int64),
+    return Dataset(name, scale(x[train], low, high), y[train].astype(np.int64),
+                   scale(x[test], low, high), y[test].astype(np.int64),
                    tuple(classes), image_shape, low, high, source)
 
 
@@ -162,8 +164,8 @@ def _idx(name, data_dir, classes):
             raise DataError(f"{name} {part}: images {x.shape} and labels {y.shape} do not match")
         arrays[part] = (x, y)
     (xtr, ytr), (xte, yte) = arrays["train"], arrays["test"]
-    return Dataset(name, _scale(xtr.reshape(len(xtr), -1), 0.0, 255.0), ytr.astype(np.int64),
-                   _scale(xte.reshape(len(xte), -1), 0.0, 255.0), yte.astype(np.int64),
+    return Dataset(name, scale(xtr.reshape(len(xtr), -1), 0.0, 255.0), ytr.astype(np.int64),
+                   scale(xte.reshape(len(xte), -1), 0.0, 255.0), yte.astype(np.int64),
                    classes, tuple(xtr.shape[1:]), 0.0, 255.0, source=os.path.dirname(found[images]))
 
 
@@ -219,7 +221,7 @@ def read_csv(path):
             rows = [r for r in csv.reader(f) if r and any(c.strip() for c in r)]
     except (UnicodeDecodeError, csv.Error) as err:
         raise DataError(f"{path} is not a UTF-8 CSV file: {err}") from err
-    if rows and not _numeric(rows[0][:-1]):
+    if rows and not is_numeric(rows[0][:-1]):
         rows = rows[1:]
     if not rows:
         raise DataError(f"{path} has no data rows")
@@ -234,7 +236,8 @@ def read_csv(path):
     return x, [r[-1].strip() for r in rows]
 
 
-def _numeric(cells):
+def is_numeric(cells):
+    """Whether every cell (a string) reads as a number: a data row, not a header."""
     try:
         [float(c) for c in cells]
         return True
@@ -275,12 +278,12 @@ def _user(name, x, labels, path, seed, test_size, x_test=None, labels_test=None)
         y, classes = _labels(labels, path)
         train, test = split(len(y), test_size, seed)
         low, high = _min_max(x[train])
-        return Dataset(name, _scale(x[train], low, high), y[train], _scale(x[test], low, high), y[test],
+        return Dataset(name, scale(x[train], low, high), y[train], scale(x[test], low, high), y[test],
                        classes, image_shape, low, high, source=str(path))
     x_test = np.asarray(x_test, dtype=np.float64).reshape(len(x_test), -1)
     y, classes = _labels(np.concatenate([np.asarray(labels), np.asarray(labels_test)]), path)
     low, high = _min_max(x)
-    return Dataset(name, _scale(x, low, high), y[: len(x)], _scale(x_test, low, high), y[len(x):],
+    return Dataset(name, scale(x, low, high), y[: len(x)], scale(x_test, low, high), y[len(x):],
                    classes, image_shape, low, high, source=str(path))
 
 

@@ -9,7 +9,7 @@ import pytest
 from safetensors.numpy import load_file
 
 import backends
-from mlp import cli
+from mlp import cli, datasets
 from mlp.cli import main
 
 from test_datasets import write_fake_idx
@@ -109,7 +109,7 @@ def test_evaluate_train_split(capsys, saved):
 
 
 def test_predict_npy_csv_proba_output(capsys, saved, tmp_path):
-    raw = np.load(os.path.join(os.path.dirname(cli.__file__), "data", "digits.npz"))["x"][:6]
+    raw = np.load(os.path.join(os.path.dirname(datasets.__file__), "data", "digits.npz"))["x"][:6]
     npy, csv = str(tmp_path / "rows.npy"), str(tmp_path / "rows.csv")
     np.save(npy, raw)  # [6 x 8 x 8] raw pixels 0..16: flattened and scaled as in training
     np.savetxt(csv, raw.reshape(6, -1), delimiter=",", fmt="%d")

@@ -14,7 +14,6 @@ This module imports scikit-learn; ``import mlp`` does not import this module.
 """
 from __future__ import annotations
 
-import numbers
 import warnings
 
 import numpy as np
@@ -31,98 +30,12 @@ import backends
 
 from . import losses as _losses
 from . import validation
-from .layers import Identity, Linear, ReLU, Sigmoid, Tanh  # Linear: the base of _L2Linear
 from .model import Sequential
+from .sklearn_net import ACTIVATIONS, check_params, HalfMSE, L2Linear, SummedBCE
 from .optimizers import SGD, Adam
 from .tree import tree_map
 
 __all__ = ["MLPClassifier", "MLPRegressor", "expected_failed_checks"]
-
-_ACTIVATIONS = {"relu": ReLU, "tanh": Tanh, "logistic": Sigmoid, "identity": Identity}
-
-
-class _L2Linear(Linear):
-    """A Linear layer whose backward adds scikit-learn's L2 penalty gradient,
-    ``alpha * W / batch_size``, to ``dW`` (biases are not penalised).
-
-    The penalty is ``0.5 * alpha * ||W||^2 / batch_size`` per batch, as in
-    scikit-learn; the batch size is read from the input's shape.
-    """
-
-    def __init__(self, in_features, out_features, alpha=0.0, init="glorot"):
-        super().__init__(in_features, out_features, bias=True, init=init)
-        self.alpha = float(alpha)
-
-    def forward(self, xp, params, x, train=False, mask=None):
-        y, backward = super().forward(xp, params, x, train=train, mask=mask)
-        if not (train and self.alpha):
-            return y, backward
-        W, scale = params["W"], self.alpha / x.shape[0]
-
-        def backward_l2(dy, need_dx=True):
-            dx, grads = backward(dy, need_dx)
-            return dx, {**grads, "W": grads["W"] + scale * W}
-
-        return y, backward_l2
-
-
-class _HalfMSE(_losses.MSE):
-    """scikit-learn's squared loss: the value is ``mean((out - y)**2) / 2`` over every
-    element (half of :class:`mlp.losses.MSE`), and, as in scikit-learn, the gradient is
-    ``(out - y) / n_samples``: that of the per-sample *sum* over the k outputs, so
-    k times the value's own gradient when there are k > 1 targets."""
-
-    name = "mse"
-
-    def __call__(self, xp, out, target, weights=None):
-        value, grad = super().__call__(xp, out, target, weights)
-        k = out.shape[1] if out.ndim == 2 else 1
-        return value / 2, grad * (k / 2)
-
-
-class _SummedBCE(_losses.BinaryCrossEntropy):
-    """scikit-learn's logistic loss: summed over the outputs, averaged over the
-    samples (:class:`mlp.losses.BinaryCrossEntropy` averages over both)."""
-
-    name = "binary_cross_entropy"
-
-    def __call__(self, xp, out, target, weights=None):
-        value, grad = super().__call__(xp, out, target, weights)
-        k = out.shape[1] if out.ndim == 2 else 1
-        return value * k, grad * k
-
-
-def _check_params(est):
-    """Clear errors for hyper-parameters that cannot work (checked at fit time)."""
-    def positive(name, value, kind=numbers.Real, strict=True):
-        bad = not isinstance(value, kind) or isinstance(value, bool)
-        if bad or (value <= 0 if strict else value < 0):
-            rel = "> 0" if strict else ">= 0"
-            raise ValueError(f"{name} must be a number {rel}, got {value!r}")
-
-    sizes = est.hidden_layer_sizes
-    sizes = (sizes,) if isinstance(sizes, numbers.Integral) else tuple(sizes)
-    if any(not isinstance(s, numbers.Integral) or isinstance(s, bool) or s < 1 for s in sizes):
-        raise ValueError(f"hidden_layer_sizes must be positive ints, got {est.hidden_layer_sizes!r}")
-    if est.activation not in _ACTIVATIONS:
-        raise ValueError(f"activation must be one of {sorted(_ACTIVATIONS)}, got {est.activation!r}")
-    if est.solver not in ("adam", "sgd"):
-        raise ValueError(f"solver must be 'adam' or 'sgd' ('lbfgs' is not supported), got {est.solver!r}")
-    positive("alpha", est.alpha, strict=False)
-    positive("learning_rate_init", est.learning_rate_init)
-    positive("max_iter", est.max_iter, numbers.Integral)
-    positive("tol", est.tol, strict=False)
-    positive("n_iter_no_change", est.n_iter_no_change, numbers.Integral)
-    if est.batch_size != "auto":
-        positive("batch_size", est.batch_size, numbers.Integral)
-    if not 0.0 < est.validation_fraction < 1.0:
-        raise ValueError(f"validation_fraction must be in (0, 1), got {est.validation_fraction!r}")
-    if not 0.0 <= est.momentum < 1.0:
-        raise ValueError(f"momentum must be in [0, 1), got {est.momentum!r}")
-    if est.dtype not in (None, "float32", "float64"):
-        raise ValueError(f"dtype must be None, 'float32' or 'float64', got {est.dtype!r}")
-    return sizes
-
 
 class _BaseMLP(BaseEstimator):
     """What the classifier and the regressor share: the network, the training
@@ -169,11 +82,11 @@ class _BaseMLP(BaseEstimator):
 
     def _new_model(self, n_in, n_out, seed):
         sizes = [n_in, *self._hidden, n_out]
-        act = _ACTIVATIONS[self.activation]
+        act = ACTIVATIONS[self.activation]
         init = "he" if self.activation == "relu" else "glorot"
         layers = []
         for i, (a, b) in enumerate(zip(sizes[:-1], sizes[1:])):
-            layers.append(_L2Linear(a, b, alpha=self.alpha, init=init))
+            layers.append(L2Linear(a, b, alpha=self.alpha, init=init))
             if i < len(sizes) - 2:
                 layers.append(act())
         return Sequential(*layers, backend=self._backend, seed=seed, dtype=self._dtype, loss=self._loss)
@@ -201,28 +114,13 @@ class _BaseMLP(BaseEstimator):
         iteration, stopping when the training loss (or the validation score with
         ``early_stopping``) has not improved by ``tol`` for ``n_iter_no_change``
         iterations in a row."""
-        self._hidden = _check_params(self)
+        self._hidden = check_params(self)
         if self.early_stopping and incremental:
             raise ValueError("partial_fit does not support early_stopping=True")
-        first = not hasattr(self, "_model") or not (incremental or self.warm_start)
-        if first:
-            rs = check_random_state(self.random_state)
-            self._random_state = rs
-            self._backend = backends.get(self.backend, device=self.device)
-            self._dtype = self._dtype_for(X)
-            self.n_outputs_ = Y.shape[1]
-            self._model = self._new_model(X.shape[1], Y.shape[1], int(rs.randint(2**31 - 1)))
-            self._optimizer = self._new_optimizer()
-            self._model.set_optimizer(self._optimizer)
-            self._sync_attributes()
-            self.t_ = 0
-            self.loss_curve_ = []
-            self._no_improvement_count = 0
-            self.best_loss_ = None if self.early_stopping else np.inf
-            self.validation_scores_ = [] if self.early_stopping else None
-            self.best_validation_score_ = -np.inf if self.early_stopping else None
+        if not hasattr(self, "_model") or not (incremental or self.warm_start):
+            self._start(X, Y)
         self.n_iter_ = 0  # iterations of this call, as in scikit-learn (1 after partial_fit)
-        model = self._model
+        model, X_val, Y_val, best_params = self._model, None, None, None
         if self.early_stopping:
             X, X_val, Y, Y_val = train_test_split(
                 X, Y, random_state=self._random_state, test_size=self.validation_fraction,
@@ -232,13 +130,7 @@ class _BaseMLP(BaseEstimator):
                                  "or the size of your dataset.")
             best_params = self._snapshot()
         n = X.shape[0]
-        if self.batch_size == "auto":
-            bs = min(200, n)
-        else:
-            if self.batch_size > n:
-                warnings.warn(f"Got `batch_size` larger than the sample size ({self.batch_size} > {n}). "
-                              "It is going to be clipped")
-            bs = int(np.clip(self.batch_size, 1, n))
+        bs = self._batch_size(n)
         Xd = validation.as_input(model, X)  # moved to the device once, reused by every epoch
         Yd = validation.as_target(model, self._targets(Y), model.loss, n)
         n_batches = -(-n // bs)
@@ -255,23 +147,8 @@ class _BaseMLP(BaseEstimator):
             self.loss_curve_.append(self.loss_)
             if self.verbose:
                 print(f"Iteration {self.n_iter_}, loss = {self.loss_:.8f}")
-            if self.early_stopping:
-                score = self._score_on(X_val, Y_val)
-                self.validation_scores_.append(score)
-                if self.verbose:
-                    print(f"Validation score: {score:f}")
-                worse = score < self.best_validation_score_ + self.tol
-                if score > self.best_validation_score_:
-                    self.best_validation_score_, best_params = score, self._snapshot()
-            else:
-                worse = self.loss_ > self.best_loss_ - self.tol
-                self.best_loss_ = min(self.best_loss_, self.loss_)
-            self._no_improvement_count = self._no_improvement_count + 1 if worse else 0
-            if self._no_improvement_count > self.n_iter_no_change:
-                what = "Validation score" if self.early_stopping else "Training loss"
-                if self.verbose:
-                    print(f"{what} did not improve more than tol={self.tol:f} for "
-                          f"{self.n_iter_no_change} consecutive epochs. Stopping.")
+            stop, best_params = self._track(X_val, Y_val, best_params)
+            if stop:
                 break
             if not incremental and self.n_iter_ == self.max_iter:
                 warnings.warn(f"Stochastic Optimizer: Maximum iterations ({self.max_iter}) reached "
@@ -280,6 +157,55 @@ class _BaseMLP(BaseEstimator):
             model.params = best_params
             self._sync_attributes()
         return self
+
+    def _start(self, X, Y):
+        """A new network, optimizer and training record for ``fit`` (or a first ``partial_fit``)."""
+        rs = check_random_state(self.random_state)
+        self._random_state = rs
+        self._backend = backends.get(self.backend, device=self.device)
+        self._dtype = self._dtype_for(X)
+        self.n_outputs_ = Y.shape[1]
+        self._model = self._new_model(X.shape[1], Y.shape[1], int(rs.randint(2**31 - 1)))
+        self._optimizer = self._new_optimizer()
+        self._model.set_optimizer(self._optimizer)
+        self._sync_attributes()
+        self.t_ = 0
+        self.loss_curve_ = []
+        self._no_improvement_count = 0
+        self.best_loss_ = None if self.early_stopping else np.inf
+        self.validation_scores_ = [] if self.early_stopping else None
+        self.best_validation_score_ = -np.inf if self.early_stopping else None
+
+    def _batch_size(self, n):
+        if self.batch_size == "auto":
+            return min(200, n)
+        if self.batch_size > n:
+            warnings.warn(f"Got `batch_size` larger than the sample size ({self.batch_size} > {n}). "
+                          "It is going to be clipped")
+        return int(np.clip(self.batch_size, 1, n))
+
+    def _track(self, X_val, Y_val, best_params):
+        """After an iteration: update the best score or loss and the count of iterations
+        without improvement; ``(stop, best_params)``."""
+        if self.early_stopping:
+            score = self._score_on(X_val, Y_val)
+            self.validation_scores_.append(score)
+            if self.verbose:
+                print(f"Validation score: {score:f}")
+            worse = score < self.best_validation_score_ + self.tol
+            if score > self.best_validation_score_:
+                self.best_validation_score_, best_params = score, self._snapshot()
+        else:
+            worse = self.loss_ > self.best_loss_ - self.tol
+            self.best_loss_ = min(self.best_loss_, self.loss_)
+        self._no_improvement_count = self._no_improvement_count + 1 if worse else 0
+        if self._no_improvement_count > self.n_iter_no_change:
+            what = "Validation score" if self.early_stopping else "Training loss"
+            if self.verbose:
+                print(f"{what} did not improve more than tol={self.tol:f} for "
+                      f"{self.n_iter_no_change} consecutive epochs. Stopping.")
+            return True, best_params
+        return False, best_params
 
     def _snapshot(self):
         """A copy of the network's parameters on its device (for early stopping's best)."""
@@ -338,7 +264,7 @@ class MLPClassifier(ClassifierMixin, _BaseMLP):
         else:
             self._kind = "binary" if len(self.classes_) == 2 else "multiclass"
         self._binary = self._kind == "binary"
-        self._loss = _losses.CrossEntropy() if self._kind == "multiclass" else _SummedBCE()
+        self._loss = _losses.CrossEntropy() if self._kind == "multiclass" else SummedBCE()
 
     def _stratify_labels(self, Y):
         return Y.argmax(axis=1) if self._kind == "multiclass" else (Y[:, 0] if self._binary else None)
@@ -424,7 +350,7 @@ class MLPRegressor(RegressorMixin, _BaseMLP):
         """Train on ``X`` [n_samples x n_features] and targets ``y`` [n_samples]
         or [n_samples x n_targets]; returns ``self``."""
         X, Y = self._validate_y(X, y, reset=True)
-        self._loss = _HalfMSE()
+        self._loss = HalfMSE()
         return self._fit(X, Y, incremental=False)
 
     def partial_fit(self, X, y):
@@ -434,7 +360,7 @@ class MLPRegressor(RegressorMixin, _BaseMLP):
         if not first and Y.shape[1] != self.n_outputs_:
             raise ValueError(f"y has {Y.shape[1]} targets, but {type(self).__name__} was fitted "
                              f"with {self.n_outputs_}")
-        self._loss = _HalfMSE()
+        self._loss = HalfMSE()
         return self._fit(X, Y, incremental=True)
 
     def predict(self, X):

@@ -22,9 +22,10 @@ import importlib.util
 import os
 from dataclasses import dataclass, field
 
-from ._base import Backend, BackendUnavailable
+from ._base import Backend, BackendUnavailable, parse_device, parse_spec
 
-__all__ = ["Backend", "BackendUnavailable", "available", "get", "register", "transfer", "use"]
+__all__ = ["Backend", "BackendUnavailable", "available", "get", "parse_device", "parse_spec", "register", "transfer",
+           "use"]
 
 ENTRY_POINT_GROUP = "mlp.backends"
 GPU_ORDER = ("cupy", "jax", "torch")
@@ -143,7 +144,7 @@ def _first_gpu(index):
 
 
 def _is_gpu(device):
-    return device is not None and device.split(":")[0] in ("gpu", "cuda")
+    return device is not None and parse_spec(device)[0] in ("gpu", "cuda")
 
 
 def get(spec=None, *, device=None) -> Backend:
@@ -173,10 +174,10 @@ def get(spec=None, *, device=None) -> Backend:
             spec = spec or "numpy"
     if not isinstance(spec, str):
         raise TypeError(f"backend spec must be a string or a Backend, got {type(spec).__name__}")
-    name, _, spec_device = spec.strip().partition(":")
+    name, spec_device = parse_spec(spec)
     name = _ALIASES.get(name, name)
     if device is None:
-        device = spec_device or None
+        device = spec_device
     if name == "cpu":
         if spec_device:
             raise ValueError(f"'cpu' takes no device, got {spec!r}")
@@ -189,10 +190,10 @@ def get(spec=None, *, device=None) -> Backend:
 
 
 def _gpu_index(device):
-    _, _, index = device.partition(":")
-    if index and not index.isdigit():
-        raise ValueError(f"expected a device such as gpu or gpu:1, got {device!r}")
-    return int(index or 0)
+    try:
+        return parse_device(device, "gpu", kinds=("gpu",))[1] or 0
+    except BackendUnavailable:
+        raise ValueError(f"expected a device such as gpu or gpu:1, got {device!r}") from None
 
 
 @contextlib.contextmanager

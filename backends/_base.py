@@ -17,6 +17,31 @@ class BackendUnavailable(RuntimeError):
     """
 
 
+def parse_spec(spec):
+    """The one spec grammar: ``"name"`` or ``"name:device"`` -> ``(name, device or None)``
+    (``"jax:gpu:1"`` -> ``("jax", "gpu:1")``)."""
+    name, _, device = spec.strip().partition(":")
+    return name, device or None
+
+
+def parse_device(device, library, kinds=("cpu", "gpu"), expected=None):
+    """The one device grammar, used by the registry and every backend loader:
+    None or ``""`` -> ``(None, None)``; ``"N"`` -> ``(None, N)``; ``"cpu"``,
+    ``"cpu:N"``, ``"gpu"``, ``"gpu:N"`` (``"cuda"`` is ``"gpu"``) -> ``(kind, N or None)``.
+    A kind not in ``kinds`` or an index that is not a number is :class:`BackendUnavailable`
+    saying that ``library`` has no such device and what it ``expected``."""
+    if device in (None, ""):
+        return None, None
+    kind, _, index = str(device).partition(":")
+    if kind.isdigit() and not index:
+        return None, int(kind)
+    kind = "gpu" if kind == "cuda" else kind
+    if kind not in kinds or (index and not index.isdigit()):
+        want = expected or ", ".join(f"{k}, {k}:N" for k in kinds)
+        raise BackendUnavailable(f"{library} has no device {device!r}; expected {want}")
+    return kind, int(index) if index else None
+
+
 FLOAT_DTYPES = ("float32", "float64")
 
 

@@ -1,7 +1,5 @@
 """CuPy on a CUDA GPU."""
-from ._base import Backend, BackendUnavailable
-
-EXTRA = "cuda12"
+from ._base import Backend, BackendUnavailable, parse_device
 
 
 class CupyBackend(Backend):
@@ -24,15 +22,7 @@ def _no_device(cupy):
 
 
 def load(device=None):
-    if device in (None, ""):
-        index = 0
-    else:
-        kind, _, index = device.partition(":")
-        if kind.isdigit() and not index:
-            index = kind
-        elif kind not in ("gpu", "cuda") or (index and not index.isdigit()):
-            raise BackendUnavailable(f"cupy has no device {device!r}; expected gpu, gpu:N or N")
-        index = int(index or 0)
+    index = parse_device(device, "cupy", kinds=("gpu",), expected="gpu, gpu:N or N")[1] or 0
     import cupy
 
     if not cupy.is_available():

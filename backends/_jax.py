@@ -5,9 +5,7 @@ import warnings
 
 import numpy as np
 
-from ._base import Backend, BackendUnavailable, check_devices
-
-EXTRA = "jax"
+from ._base import Backend, BackendUnavailable, check_devices, parse_device
 
 # Data-parallel steps of different threads never run at the same time (see
 # DataParallel): the lock orders dispatch, and _LAST_STEP remembers which thread
@@ -190,18 +188,8 @@ def enable_x64(jax):
 
 def _parse(device):
     """'cpu', 'cpu:1', 'gpu', 'gpu:1', 'cuda:0', '1' or None -> (platform, index)."""
-    if device in (None, ""):
-        return None, 0
-    platform, _, index = device.partition(":")
-    if platform.isdigit() and not index:
-        return None, int(platform)
-    if platform == "cuda":
-        platform = "gpu"
-    if platform not in ("cpu", "gpu") or (index and not index.isdigit()):
-        raise BackendUnavailable(
-            f"jax has no device {device!r}; expected cpu, cpu:N, gpu or gpu:N"
-        )
-    return platform, int(index or 0)
+    platform, index = parse_device(device, "jax", expected="cpu, cpu:N, gpu or gpu:N")
+    return platform, index or 0
 
 
 def load(device=None):

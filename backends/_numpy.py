@@ -3,8 +3,6 @@ import numpy as np
 
 from ._base import Backend, BackendUnavailable
 
-EXTRA = None  # a core dependency
-
 
 class NumpyBackend(Backend):
     inplace = True

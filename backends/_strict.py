@@ -7,7 +7,6 @@ import numpy as np
 
 from ._base import Backend, BackendUnavailable
 
-EXTRA = "strict"
 _ALIASES = {None: "CPU_DEVICE", "": "CPU_DEVICE", "cpu": "CPU_DEVICE", "cpu:0": "CPU_DEVICE"}
 
 

@@ -1,9 +1,7 @@
 """PyTorch tensors through array-api-compat's torch namespace, on CPU or CUDA."""
 import numpy as np
 
-from ._base import Backend, BackendUnavailable
-
-EXTRA = "torch"
+from ._base import Backend, BackendUnavailable, parse_device
 
 
 class TorchBackend(Backend):
@@ -25,16 +23,12 @@ class TorchBackend(Backend):
 def load(device=None):
     import torch
 
-    if device in (None, "", "cpu", "cpu:0"):
+    kind, index = parse_device(device, "torch", expected="cpu, cuda, cuda:N or gpu:N")
+    if device in (None, "") or (kind == "cpu" and not index):
         dev = torch.device("cpu")
     else:
-        kind, _, index = device.partition(":")
-        if kind.isdigit() and not index:
-            kind, index = "cuda", kind
-        if kind not in ("gpu", "cuda") or (index and not index.isdigit()):
-            raise BackendUnavailable(
-                f"torch has no device {device!r}; expected cpu, cuda, cuda:N or gpu:N"
-            )
+        if kind == "cpu":
+            raise BackendUnavailable(f"torch has no device {device!r}; expected cpu, cuda, cuda:N or gpu:N")
         if not torch.cuda.is_available():
             raise BackendUnavailable(
                 f"torch {torch.__version__}: installed, no CUDA device "

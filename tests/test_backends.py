@@ -238,3 +238,18 @@ def test_entry_point_plugins(monkeypatch, tmp_path):
         for name in ("plugged", "broken"):
             backends._loaders.pop(name, None)
         backends._cache.clear()
+
+
+def test_one_device_grammar():
+    """``backends.parse_spec`` and ``backends.parse_device``: the grammar the registry
+    and every loader read devices with."""
+    assert backends.parse_spec("jax:gpu:1") == ("jax", "gpu:1")
+    assert backends.parse_spec(" torch ") == ("torch", None)
+    assert backends.parse_device(None, "x") == (None, None)
+    assert backends.parse_device("2", "x") == (None, 2)
+    assert backends.parse_device("cuda:3", "x") == ("gpu", 3)
+    assert backends.parse_device("cpu", "x") == ("cpu", None)
+    with pytest.raises(backends.BackendUnavailable, match=r"cupy has no device 'cpu'; expected gpu, gpu:N"):
+        backends.parse_device("cpu", "cupy", kinds=("gpu",))
+    with pytest.raises(backends.BackendUnavailable, match=r"jax has no device 'gpu:x'"):
+        backends.parse_device("gpu:x", "jax")

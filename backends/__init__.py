@@ -1,6 +1,6 @@
 """The backend registry: a name and a device -> a :class:`Backend`.
 
-    >>> import backends
+    >>> from mlp import backends
     >>> backends.get("numpy")
     Backend(numpy 2..., cpu)
 
@@ -32,11 +32,11 @@ GPU_ORDER = ("cupy", "jax", "torch")
 
 # name -> (module that provides load/probe, the library to look for, pip extra)
 _BUILTIN = {
-    "numpy": ("backends._numpy", "numpy", None),
-    "cupy": ("backends._cupy", "cupy", "cuda12"),
-    "jax": ("backends._jax", "jax", "jax"),
-    "torch": ("backends._torch", "torch", "torch"),
-    "array_api_strict": ("backends._strict", "array_api_strict", "strict"),
+    "numpy": ("._numpy", "numpy", None),
+    "cupy": ("._cupy", "cupy", "cuda12"),
+    "jax": ("._jax", "jax", "jax"),
+    "torch": ("._torch", "torch", "torch"),
+    "array_api_strict": ("._strict", "array_api_strict", "strict"),
 }
 _ALIASES = {"strict": "array_api_strict", "array-api-strict": "array_api_strict"}
 
@@ -106,7 +106,7 @@ def names():
 
 def _missing(name):
     module, library, extra = _BUILTIN[name]
-    hint = f"pip install 'mlp[{extra}]'" if extra else "pip install numpy"
+    hint = f"pip install 'arraymlp[{extra}]'" if extra else "pip install numpy"
     return BackendUnavailable(f"{name}: not installed: {hint}")
 
 
@@ -118,7 +118,7 @@ def _load(name, device):
         module, library, _ = _BUILTIN[name]
         if importlib.util.find_spec(library) is None:
             raise _missing(name)
-        backend = importlib.import_module(module).load(device)
+        backend = importlib.import_module(module, __name__).load(device)
     else:
         _load_entry_points()
         if name not in _loaders:
@@ -249,7 +249,7 @@ def _probe(name):
         module, library, _ = _BUILTIN[name]
         if importlib.util.find_spec(library) is None:
             return BackendStatus(name, str(_missing(name)).split(": ", 1)[1])
-        info = importlib.import_module(module).probe()
+        info = importlib.import_module(module, __name__).probe()
     elif name in _probes:
         info = _probes[name]()
     else:

@@ -202,7 +202,7 @@ def load(device=None):
     except RuntimeError as err:
         raise BackendUnavailable(
             f"jax {jax.__version__}: installed, no {platform.upper()} device "
-            f"(jax.devices({platform!r}) found none); for CUDA: pip install 'mlp[jax-cuda12]'"
+            f"(jax.devices({platform!r}) found none); for CUDA: pip install 'arraymlp[jax-cuda12]'"
         ) from err
     if index >= len(devices):
         raise BackendUnavailable(

@@ -498,7 +498,7 @@ def worker(kind, target, config, quick):
             return
         task = make_task(config, quick)
         if kind == "ours":
-            import backends
+            from mlp import backends
 
             backends.get(target)  # fail now, with the registry's reason, if missing
         if kind != "ours" and LIBRARY[kind]:

@@ -6,7 +6,7 @@ transpose: our Linear stores W as [in x out] for x @ W; torch.nn.Linear stores
 print the largest differences. In float64 they agree to ~1e-15.
 
 Run:  python examples/check_against_pytorch.py [--dtype float64] [--backend numpy]
-Needs: pip install 'mlp[torch]'
+Needs: pip install 'arraymlp[torch]'
 """
 import argparse
 
@@ -24,7 +24,7 @@ def main(argv=None):
     try:
         import torch
     except ImportError:
-        print("PyTorch is not installed: pip install 'mlp[torch]'")
+        print("PyTorch is not installed: pip install 'arraymlp[torch]'")
         return None
 
     sizes = [int(s) for s in args.sizes.split(",")]

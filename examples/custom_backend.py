@@ -13,7 +13,7 @@ import argparse
 
 import numpy as np
 
-import backends
+from mlp import backends
 import mlp
 
 

@@ -12,7 +12,7 @@ import argparse
 
 import numpy as np
 
-import backends
+from mlp import backends
 import mlp
 from mlp import datasets
 

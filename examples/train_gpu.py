@@ -10,7 +10,7 @@ Run:  python examples/train_gpu.py --device cpu
 import argparse
 import time
 
-import backends
+from mlp import backends
 import mlp
 from mlp import datasets
 

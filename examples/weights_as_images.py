@@ -6,7 +6,7 @@ fire (red: positive weights, blue: negative). Trained on ``mnist-sample``
 (28x28) by default, or ``digits`` (8x8).
 
 Run:  python examples/weights_as_images.py [--dataset mnist-sample] [--out weights.png]
-Needs: pip install 'mlp[plot]'
+Needs: pip install 'arraymlp[plot]'
 """
 import argparse
 
@@ -32,7 +32,7 @@ def main(argv=None):
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
     except ImportError:
-        print("matplotlib is not installed: pip install 'mlp[plot]'")
+        print("matplotlib is not installed: pip install 'arraymlp[plot]'")
         return None
 
     data = datasets.load(args.dataset)

@@ -8,6 +8,7 @@ The math runs through the array namespace of the model's backend (see the
 ``backends`` package), so the same code trains on NumPy, CuPy, JAX, PyTorch and
 array-api-strict. Importing mlp imports none of JAX, CuPy, PyTorch or scikit-learn.
 """
+from ._source import backends  # mlp.backends: installed, or backends/ next to mlp/ in a checkout
 from . import callbacks, checkpoint, datasets, losses, optimizers, training, validation
 from .errors import DataError, DeviceMismatch, MLPError, OutOfMemory, ShapeError, TrainingDiverged
 from .layers import (GELU, Dropout, Identity, Layer, LeakyReLU, Linear, ReLU, Sigmoid, Softmax,
@@ -18,7 +19,7 @@ from .optimizers import SGD, Adam, AdamW
 __version__ = "0.1.0"
 
 __all__ = [
-    "MLP", "Sequential", "History", "StopTraining", "transfer",
+    "backends", "MLP", "Sequential", "History", "StopTraining", "transfer",
     "Layer", "Linear", "ReLU", "LeakyReLU", "Sigmoid", "Tanh", "GELU", "Softmax", "Identity", "Dropout",
     "register_layer", "SGD", "Adam", "AdamW", "losses", "optimizers", "datasets", "checkpoint",
     "callbacks", "training", "validation",

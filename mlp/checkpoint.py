@@ -24,7 +24,7 @@ import zlib
 
 import numpy as np
 
-import backends
+from . import backends
 
 from . import optimizers as _optimizers
 from .errors import MLPError

@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import numpy as np
 
-import backends
-from backends import transfer  # noqa: F401 - re-exported: mlp.transfer
+from . import backends
+from .backends import transfer  # noqa: F401 - re-exported: mlp.transfer
 
 from . import losses as _losses
 from . import optimizers as _optimizers

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 import numpy as np
 import pytest
 
-import backends
+from mlp import backends
 
 # Tolerances the matrix uses, by dtype and kind of check (relative, absolute).
 # docs/testing.md publishes the same table (tests/test_matrix_plugin.py checks it).

@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 
 import array_api_compat
-import backends
-from backends import BackendUnavailable
+from mlp import backends
+from mlp.backends import BackendUnavailable
 
 READY_HERE = ["numpy", "jax", "jax:cpu", "torch", "torch:cpu", "array_api_strict",
               "array_api_strict:device1", "array_api_strict:no_float64"]
@@ -41,7 +41,7 @@ def test_available_lists_all_five_with_status():
     assert "device1" in table["array_api_strict"].devices
     cupy = table["cupy"].status
     if importlib.util.find_spec("cupy") is None:
-        assert cupy == "not installed: pip install 'mlp[cuda12]'"
+        assert cupy == "not installed: pip install 'arraymlp[cuda12]'"
     else:
         assert cupy in ("ready", "installed, no CUDA device")
     text = str(table)
@@ -50,7 +50,7 @@ def test_available_lists_all_five_with_status():
 
 
 def test_available_survives_a_broken_library(monkeypatch):
-    import backends._jax as jax_module
+    import mlp.backends._jax as jax_module
 
     def broken():
         raise OSError("libcuda.so: cannot open shared object file")
@@ -143,7 +143,7 @@ def test_unavailable_says_why(spec, reason):
         backends.get(spec)
     if spec == "cupy":
         assert ("installed, no CUDA device" in str(err.value)
-                or "not installed: pip install 'mlp[cuda12]'" in str(err.value))
+                or "not installed: pip install 'arraymlp[cuda12]'" in str(err.value))
 
 
 def test_unknown_name_lists_known_ones():
@@ -156,9 +156,9 @@ def test_missing_library_names_the_extra(monkeypatch):
     monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "jax" else real(name, *a))
     backends._cache.clear()
     try:
-        with pytest.raises(BackendUnavailable, match=r"jax: not installed: pip install 'mlp\[jax\]'"):
+        with pytest.raises(BackendUnavailable, match=r"jax: not installed: pip install 'arraymlp\[jax\]'"):
             backends.get("jax")
-        assert backends.available()["jax"].status == "not installed: pip install 'mlp[jax]'"
+        assert backends.available()["jax"].status == "not installed: pip install 'arraymlp[jax]'"
     finally:
         backends._cache.clear()
 
@@ -183,7 +183,7 @@ def test_precedence_argument_context_env_default(monkeypatch):
 
 
 def test_env_var_in_a_fresh_process():
-    assert run_python("import backends; print(backends.get().name)", MLP_BACKEND="jax") == "jax"
+    assert run_python("from mlp import backends; print(backends.get().name)", MLP_BACKEND="jax") == "jax"
     code = "import os, backends; os.environ['MLP_BACKEND'] = 'torch'; print(backends.get().name)"
     assert run_python(code) == "torch"
 
@@ -220,7 +220,7 @@ def test_entry_point_plugins(monkeypatch, tmp_path):
 
     plugin = tmp_path / "my_plugin.py"
     plugin.write_text(
-        "import backends, array_api_strict as xps\n"
+        "from mlp import backends\nimport array_api_strict as xps\n"
         "def load(device=None):\n"
         "    return backends.Backend('plugged', xps, xps.Device('CPU_DEVICE'), device_name='cpu')\n"
     )

@@ -6,7 +6,7 @@ import struct
 import numpy as np
 import pytest
 
-import backends
+from mlp import backends
 import mlp
 from mlp import checkpoint, datasets
 from mlp.checkpoint import CheckpointError

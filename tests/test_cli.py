@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from safetensors.numpy import load_file
 
-import backends
+from mlp import backends
 from mlp import cli, datasets
 from mlp.cli import main
 
@@ -250,7 +250,7 @@ def test_early_stopping_counts_epochs_without_improvement():
 def test_plot_without_matplotlib(capsys, monkeypatch, tmp_path):
     monkeypatch.setitem(sys.modules, "matplotlib", None)
     status, _, err = run(capsys, "train", "--plot", str(tmp_path / "p.png"))
-    assert status == 2 and "pip install 'mlp[plot]'" in err
+    assert status == 2 and "pip install 'arraymlp[plot]'" in err
 
 
 def test_python_dash_m_mlp(tmp_path):
@@ -282,3 +282,18 @@ def test_resume_a_checkpoint_saved_from_python(capsys, tmp_path):
     resumed, meta = checkpoint.load(path)
     assert all(np.array_equal(a, b) for p, q in zip(model.params, resumed.params) for a, b in zip(p.values(), q.values()))
     assert meta["extra"]["train"]["hidden"] == [20] and meta["extra"]["train"]["optimizer"] == "sgd"
+
+
+def test_a_backends_folder_in_the_working_directory_shadows_nothing(tmp_path):
+    """The registry is ``mlp.backends``: a user's own ``backends`` package in the
+    working directory (first on ``sys.path`` for ``python -m``) is never imported."""
+    (tmp_path / "backends").mkdir()
+    (tmp_path / "backends" / "__init__.py").write_text("raise RuntimeError('the user folder was imported')\n")
+    root = os.path.dirname(os.path.dirname(os.path.abspath(datasets.__file__)))
+    env = {**os.environ, "MLP_BACKEND": ""}
+    env["PYTHONPATH"] = os.pathsep.join([root] + ([env["PYTHONPATH"]] if env.get("PYTHONPATH") else []))
+    proc = subprocess.run([sys.executable, "-m", "mlp", "backends"], cwd=tmp_path, capture_output=True,
+                          text=True, env=env, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert "numpy" in proc.stdout and "user folder" not in proc.stderr
+

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 from safetensors.numpy import save_file
 
-import backends
+from mlp import backends
 import mlp
 from mlp import checkpoint, cli, datasets
 from mlp.checkpoint import CheckpointError

@@ -35,7 +35,7 @@ def test_shapes(capsys):
 
 
 def test_custom_backend(capsys):
-    import backends
+    from mlp import backends
 
     try:
         model, history = load("custom_backend").main(["--epochs", "15"])
@@ -80,7 +80,7 @@ def test_train_gpu_on_cpu_and_without_a_gpu(capsys):
     assert speed > 0
     out = capsys.readouterr().out
     assert "training on Backend(numpy" in out and "samples/s" in out
-    import backends
+    from mlp import backends
 
     try:
         backends.get("gpu")

@@ -11,7 +11,7 @@ import copy
 import numpy as np
 import pytest
 
-import backends
+from mlp import backends
 import mlp
 from mlp import validation
 from mlp.optimizers import scale_add
@@ -260,7 +260,7 @@ def _tuned_in_fresh_process(env):
     import subprocess
     import sys
 
-    code = "import backends, backends._malloc as m; backends.get('numpy'); print(m._done)"
+    code = "from mlp import backends; import mlp.backends._malloc as m; backends.get('numpy'); print(m._done)"
     env = {k: v for k, v in os.environ.items() if k not in ("MLP_MALLOC_TUNING", "GLIBC_TUNABLES")} | env
     run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=60)
     assert run.returncode == 0, run.stderr

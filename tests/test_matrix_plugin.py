@@ -10,7 +10,7 @@ import sys
 
 import pytest
 
-import backends
+from mlp import backends
 from conftest import CELLS, TOLERANCES
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]

@@ -211,7 +211,7 @@ def test_outputs_grads_and_optimizer_state_stay_on_the_device(cell):
 
 # -- mixing devices ---------------------------------------------------------------
 def _strict(device):
-    import backends
+    from mlp import backends
 
     return backends.get(f"array_api_strict:{device}")
 

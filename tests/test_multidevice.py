@@ -17,7 +17,7 @@ import textwrap
 import numpy as np
 import pytest
 
-import backends
+from mlp import backends
 import mlp
 
 pytestmark = pytest.mark.timeout(150)
@@ -31,7 +31,7 @@ def _has_jax():
         return False
 
 
-needs_jax = pytest.mark.skipif(not _has_jax(), reason="jax is not installed: pip install 'mlp[jax]'")
+needs_jax = pytest.mark.skipif(not _has_jax(), reason="jax is not installed: pip install 'arraymlp[jax]'")
 
 
 def _env(devices):
@@ -61,7 +61,8 @@ def _run(script, devices=4, timeout=90, args=()):
 EQUIVALENCE = """
     import json
     import numpy as np
-    import backends, mlp
+    import mlp
+    from mlp import backends
     from mlp import training, validation
 
     rng = np.random.default_rng(0)

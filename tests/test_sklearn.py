@@ -313,7 +313,7 @@ def test_torch_backend_takes_read_only_arrays_quietly():
     """scikit-learn hands estimators read-only memmaps; torch.asarray warns when it
     shares read-only memory, so the torch backend copies such arrays."""
     pytest.importorskip("torch")
-    import backends
+    from mlp import backends
 
     host = np.arange(6.0).reshape(2, 3)
     host.flags.writeable = False
@@ -336,7 +336,7 @@ def test_clear_errors():
         MLPClassifier().fit(X, np.linspace(0, 1, 10))
     with pytest.raises(ValueError, match="expecting 3 features"):
         MLPClassifier(max_iter=1).fit(X, y).predict(np.zeros((2, 4)))
-    import backends
+    from mlp import backends
 
     with pytest.raises(backends.BackendUnavailable):
         MLPRegressor(backend="numpy", device="gpu").fit(X, y)

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import sys
 
-import backends
+from .. import backends
 
 from ..errors import is_out_of_memory, MLPError
 from .commands import evaluate, list_backends, predict, summary

@@ -6,7 +6,7 @@ import os
 
 import numpy as np
 
-import backends
+from .. import backends
 
 from .. import checkpoint, datasets
 from ..model import MLP

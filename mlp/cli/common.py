@@ -7,7 +7,7 @@ import sys
 
 import numpy as np
 
-import backends
+from .. import backends
 
 from .. import datasets
 from .parser import CLIError, SPLIT_SEED, TEST_SIZE

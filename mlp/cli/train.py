@@ -33,7 +33,7 @@ def settings(args):
         try:
             import matplotlib  # noqa: F401
         except ImportError:
-            raise CLIError("--plot needs matplotlib, which is not installed: pip install 'mlp[plot]'") from None
+            raise CLIError("--plot needs matplotlib, which is not installed: pip install 'arraymlp[plot]'") from None
     run = SimpleNamespace(args=args, backend=backend_of(args), meta=None, model=None)
     if args.resume:
         run.model, run.meta = checkpoint.load(args.resume, backend=run.backend)

@@ -87,6 +87,15 @@ class Backend:
                 return name
         return str(dtype)
 
+    @property
+    def index_dtype(self):
+        """The name of the namespace's default indexing dtype on this device
+        (``int64`` on NumPy and PyTorch, ``int32`` on JAX without 64-bit mode):
+        class ids and row numbers use it, so that every library's indexing
+        functions take them as they are (PyTorch's ``take_along_dim`` takes int64 only)."""
+        info = self.xp.__array_namespace_info__()
+        return self.dtype_name(info.default_dtypes(device=self.device)["indexing"])
+
     def ensure_dtype(self, dtype):
         """Check that this device computes in ``dtype``; return its dtype object."""
         name = dtype if isinstance(dtype, str) else self.dtype_name(dtype)

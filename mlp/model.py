@@ -283,7 +283,7 @@ class Sequential:
         if host.shape[0] != n:
             raise ShapeError(f"x has {n} rows but y has {host.shape[0]}: they must match")
         if np.issubdtype(host.dtype, np.integer) and host.ndim == 1:
-            return backend.asarray(host.astype("int32"), "int32")
+            return backend.asarray(host.astype(backend.index_dtype), backend.index_dtype)
         if not np.isfinite(host).all():
             row = int(np.flatnonzero(~np.isfinite(host).reshape(len(host), -1).all(axis=1))[0])
             raise DataError(f"y has NaN or infinite values; the first is in row {row}")
@@ -307,6 +307,12 @@ class Sequential:
             return grads
 
         return x, backward
+
+    def apply(self, params, x, *, train=False, masks=()):
+        """The forward pass with the given parameters (shaped like ``self.params``):
+        ``(outputs, backward)``, where ``backward(d_outputs)`` returns the gradients,
+        shaped like ``params``. ``x`` must already be on the model's device."""
+        return self._forward(params, x, train=train, masks=masks)
 
     def _masks(self, batch, steps=None, last=None):
         """Host-drawn dropout masks for one training batch, moved to the device;

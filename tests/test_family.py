@@ -127,7 +127,7 @@ def optimizers(draw):
 
 
 # -- host data -----------------------------------------------------------------------
-N_BATCHES = 3  # training cycles through this many batches
+N_BATCHES = 4  # training cycles through this many batches: STEPS / N_BATCHES epochs of fit
 
 
 def targets(loss, kind, rng, rows, k):
@@ -312,12 +312,13 @@ def test_family_gradients(cell, request):
 # -- training ---------------------------------------------------------------------------
 @functools.lru_cache(None)
 def training_reference(case, dtype):
-    """Batches, dropout masks and the float64 torch.optim run of STEPS steps."""
+    """Batches, dropout masks (as the model draws them in training) and the float64
+    torch.optim run of STEPS steps."""
     model = host_model(case, dtype)
     x, y = host_data(case, dtype, N_BATCHES)
     b = case.batch
     batches = [(x[i * b:(i + 1) * b], y[i * b:(i + 1) * b]) for i in range(N_BATCHES)]
-    mrng = np.random.default_rng([case.seed, 3])
+    mrng = copy.deepcopy(model.rng)
     masks = [draw_masks(model.layers, mrng, b, model.input_width, dtype) for _ in range(STEPS)]
     masks = masks if masks[0] else []
     losses, first, last = oracles.torch_train(model.layers, host_params(model),
@@ -327,7 +328,18 @@ def training_reference(case, dtype):
 
 
 def check_training(cell, case):
+    """The model's own train step (compiled on JAX), then ``fit``, against the reference."""
     ref = training_reference(case, cell.dtype)
+    check_train_step(cell, case, ref)
+    model = cell_model(cell, case)
+    x, y = (np.concatenate(part) for part in zip(*ref["batches"]))
+    model.fit(x, y, epochs=STEPS // N_BATCHES, batch_size=case.batch, optimizer=case.make_optimizer(), shuffle=False)
+    cell.assert_close(np.asarray(model.history["step_loss"]), ref["losses"], "train",
+                      f"fit: per-step losses vs float64 torch.optim, {case}")
+    compare_params(cell, model.params, ref["last"], f"after fit's {STEPS} steps, {case}")
+
+
+def check_train_step(cell, case, ref):
     model = cell_model(cell, case)
     model.set_optimizer(case.make_optimizer())
     step = model.train_step()  # the step fit uses: compiled on JAX

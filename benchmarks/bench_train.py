@@ -69,6 +69,11 @@ QUICK = {"small": dict(samples=16_384, epochs=2), "large": dict(steps_per_epoch=
 PRECISIONS = ("float32", "tf32", "bf16")
 PRECISION_LIBRARIES = {"tf32": ("jax", "torch", "cupy"), "bf16": ("jax", "torch")}
 PRECISION_STEP_RTOL = {"tf32": 8 * 2.0 ** -10, "bf16": 8 * 2.0 ** -8}
+# Epoch means of a policy row are shown (how far the policy moves the curve) and
+# only checked for sanity: rounding each product perturbs every step by ~2^-8,
+# far more than float32 drift, and on the synthetic task (a noisy random teacher)
+# the trajectories then wander apart by several percent (docs/precision.md).
+PRECISION_EPOCH_RTOL = 0.15
 
 CPU_IMPLS = {  # label -> (kind, target)
     "mlp numpy": ("ours", "numpy"),
@@ -654,7 +659,8 @@ def summarize(config, quick, raw, impls):
         pairs = list(zip(row["steps"], a["steps"]))
         row["step_rel_diff"] = max((abs(x - y) / abs(y) for x, y in pairs), default=None)
         precision = impls[label][1].partition("+")[2]
-        row["loss_agrees"] = row["epoch_rel_diff"] <= EPOCH_RTOL and (
+        epoch_rtol = PRECISION_EPOCH_RTOL if precision else EPOCH_RTOL
+        row["loss_agrees"] = row["epoch_rel_diff"] <= epoch_rtol and (
             row["step_rel_diff"] is None or row["step_rel_diff"] <= PRECISION_STEP_RTOL.get(precision, STEP_RTOL))
         base = label.rsplit(" ", 1)[0] if precision else None
         if base in ok:  # the same backend in float32, round by round

@@ -241,12 +241,12 @@ def _precision_for(config, backend, precision, path):
     if precision is not None:
         return precision
     saved = config.get("precision", "float32")
-    try:
-        _precision.get(saved).check(backend, config.get("dtype", "float32"))
-    except PrecisionError as err:
-        raise PrecisionError(f"{path} was trained with precision {saved!r}, and {err}; its float32 "
-                             f"weights load anywhere with precision='float32' "
-                             f"(CLI: --precision float32)") from None
+    policy = _precision.get(saved)
+    if saved not in backend.precisions:
+        raise PrecisionError(
+            f"{path} was saved with precision {saved!r}, which {backend!r} does not run (it runs "
+            f"{', '.join(map(repr, backend.precisions))}); its float32 weights load anywhere with "
+            f"precision='float32' (CLI: --precision float32); {saved} runs on {policy.where}")
     return saved
 
 

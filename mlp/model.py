@@ -111,8 +111,8 @@ class Sequential:
             raise ValueError(f"dtype must be 'float32' or 'float64', got {dtype!r}")
         self.dtype = dtype
         self.backend = backends.get(backend)
-        self.backend.ensure_dtype(dtype)
         self.precision = _precision.get(precision).check(self.backend, dtype).name  # see mlp/precision.py
+        self.backend.ensure_dtype(dtype)
         self.seed = seed
         self.rng = np.random.default_rng(seed)
         host = [layer.init(self.rng) for layer in self.layers]

@@ -232,3 +232,33 @@ def test_cli_bf16_on_numpy_exits_2_with_one_line():
     lines = out.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("mlp: error: precision 'bf16'"), out.stderr
     assert "bf16 runs on jax (cpu, gpu) and torch (cpu, cuda)" in lines[0]
+
+
+def test_cli_resume_and_evaluate_keep_or_change_the_policy(tmp_path, capsys):
+    """A bf16 run's checkpoint: evaluate on NumPy needs --precision float32 (one line,
+    exit 2, without it); --resume keeps bf16, or continues in float32 when asked."""
+    pytest.importorskip("jax")
+    from mlp import cli
+
+    path = str(tmp_path / "run.safetensors")
+
+    def run(*argv):
+        status = cli.main(list(argv))
+        out, err = capsys.readouterr()
+        return status, (json.loads(out) if status == 0 else None), err
+
+    common = ("--epochs", "1", "--hidden", "16", "--quiet", "--json")
+    status, result, _ = run("train", "--backend", "jax", "--precision", "bf16", "--save", path, *common)
+    assert status == 0 and result["precision"] == "bf16"
+    status, _, err = run("evaluate", path, "--backend", "numpy")
+    assert status == 2 and len(err.strip().splitlines()) == 1 and "--precision float32" in err, err
+    status, result, _ = run("evaluate", path, "--backend", "numpy", "--precision", "float32", "--json")
+    _, same, _ = run("evaluate", path, "--backend", "jax", "--json")
+    assert status == 0 and result["precision"] == "float32" and same["precision"] == "bf16"
+    assert abs(result["accuracy"] - same["accuracy"]) <= 0.01, (result["accuracy"], same["accuracy"])
+    status, result, _ = run("train", "--resume", path, "--backend", "jax", *common)
+    assert status == 0 and result["precision"] == "bf16" and result["epochs"] == 2
+    status, result, _ = run("train", "--resume", path, "--backend", "numpy", "--precision", "float32", *common)
+    assert status == 0 and result["precision"] == "float32" and result["epochs"] == 3
+    _, meta = checkpoint.load(path, backend="numpy")
+    assert meta["config"]["precision"] == "float32" and meta["extra"]["train"]["precision"] == "float32"

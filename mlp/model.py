@@ -90,6 +90,10 @@ class Sequential:
     Initial weights come from a host ``numpy.random.Generator`` seeded with
     ``seed`` and are moved to the backend once, so the same seed gives
     bit-identical starting parameters on every backend and device.
+
+    ``precision="bf16"`` or ``"tf32"`` (float32 ``dtype`` only) runs the Linear
+    layers' matrix products in bfloat16 or TF32 on backends that have them;
+    weights, optimizer state and loss stay float32 (``mlp.precision``).
     """
 
     #: The most dropout-mask elements ``fit`` draws ahead for one call of

@@ -37,6 +37,10 @@ class Backend:
     #: Python dispatch. ``fit`` then trains a whole epoch per call.
     fuse_steps = False
 
+    #: True where :meth:`jit` compiles (JAX): a compiled step keeps its step count
+    #: on the device; elsewhere steps run eagerly and ``fit`` counts them on the host.
+    compiles = False
+
     #: The precision policies (``mlp.precision``) this backend runs on its device:
     #: "float32" everywhere; "bf16" and "tf32" where a backend module says so.
     precisions = ("float32",)
@@ -90,6 +94,15 @@ class Backend:
             if getattr(self.xp, name, None) == dtype:
                 return name
         return str(dtype)
+
+    @property
+    def index_dtype(self):
+        """The name of the namespace's default indexing dtype on this device
+        (``int64`` on NumPy and PyTorch, ``int32`` on JAX without 64-bit mode):
+        class ids and row numbers use it, so that every library's indexing
+        functions take them as they are (PyTorch's ``take_along_dim`` takes int64 only)."""
+        info = self.xp.__array_namespace_info__()
+        return self.dtype_name(info.default_dtypes(device=self.device)["indexing"])
 
     def ensure_dtype(self, dtype):
         """Check that this device computes in ``dtype``; return its dtype object."""

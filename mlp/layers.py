@@ -116,13 +116,14 @@ class Linear(Layer):
 class ReLU(Layer):
     """``max(x, 0)``; its gradient passes where x > 0.
 
-    Written with ``maximum`` and a 0/1 multiplier rather than ``where``: the
-    same numbers (but the sign of a zero gradient), and NumPy's ``where`` with
-    a scalar is several times slower than either."""
+    The backward multiplies by ``sign(y)``, which is 1 where y > 0 and 0 where
+    y = 0: one array operation fewer than a comparison and a cast (each operation
+    is a kernel launch on a GPU), and as fast as either on NumPy (``where`` is
+    several times slower there)."""
 
     def forward(self, xp, params, x, train=False, mask=None):
         y = xp.maximum(x, 0.0)
-        return y, lambda dy, need_dx=True: (dy * xp.astype(y > 0, dy.dtype), {})
+        return y, lambda dy, need_dx=True: (dy * xp.sign(y), {})
 
 
 class LeakyReLU(Layer):

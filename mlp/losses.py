@@ -35,6 +35,17 @@ class Loss:
         counted), or None for regression."""
         return None
 
+    def terms(self, xp, out, target, weights=None):
+        """``(value, d_out, correct)``: what one training step needs, in one call.
+
+        The default calls the loss and :meth:`correct`; a loss may override it to
+        share work between the three (each array operation is a kernel launch on a
+        GPU). ``weights`` is passed on only when given, so a user's loss written as
+        ``loss(xp, out, target)`` works too."""
+        weighed = () if weights is None else (weights,)
+        value, grad = self(xp, out, target, *weighed)
+        return value, grad, self.correct(xp, out, target, *weighed)
+
     def __repr__(self):
         return self.name
 
@@ -44,6 +55,14 @@ def _one_hot(xp, labels, k, dtype):
     return xp.astype(xp.reshape(labels, (-1, 1)) == classes, dtype)
 
 
+def _as_index(xp, ids):
+    """Class ids in the namespace's indexing dtype (``fit`` already stores them so:
+    then no operation runs); PyTorch's ``take_along_dim`` takes int64 only."""
+    info = xp.__array_namespace_info__()
+    want = info.default_dtypes(device=array_api_compat.device(ids))["indexing"]
+    return ids if ids.dtype == want else xp.astype(ids, want)
+
+
 def _normalized(xp, weights, dtype):
     """Row weights ``[B]`` scaled to sum to 1."""
     w = xp.astype(weights, dtype)
@@ -51,11 +70,16 @@ def _normalized(xp, weights, dtype):
 
 
 class CrossEntropy(Loss):
-    """Softmax cross-entropy on logits ``[B x K]``.
+    """Softmax cross-entropy on logits ``[B x K]``: the mean over rows of
+    ``-sum_k t_k log softmax(z)_k``.
 
-    Targets are integer class ids ``[B]`` or probability rows ``[B x K]`` (one-hot).
-    ``log softmax(z) = z - max(z) - log(sum(exp(z - max(z))))`` stays finite
-    for any logits; the gradient is ``(softmax(z) - onehot) / B``.
+    Targets are integer class ids ``[B]`` or rows of numbers ``[B x K]``: one-hot,
+    soft (label smoothing), or any non-negative rows, also rows that do not sum to
+    1 (multi-hot ``[1, 1, 0]``, an all-zero row). The gradient is the true one for
+    every such row: ``(softmax(z) * sum_k t_k - t) / B``, which is the familiar
+    ``(softmax(z) - t) / B`` when the row sums to 1.
+    ``log softmax(z) = z - max(z) - log(sum(exp(z - max(z))))`` stays finite for
+    any logits.
     """
 
     name = "cross_entropy"
@@ -63,27 +87,48 @@ class CrossEntropy(Loss):
     classification = True
 
     def __call__(self, xp, out, target, weights=None):
+        value, grad, _ = self._terms(xp, out, target, weights, want_correct=False)
+        return value, grad
+
+    def terms(self, xp, out, target, weights=None):
+        return self._terms(xp, out, target, weights, want_correct=True)
+
+    def _terms(self, xp, out, target, weights, want_correct):
         if out.ndim != 2:
             raise ShapeError(f"cross_entropy expects logits [B x K], got {fmt_shape(out.shape)}")
         b, k = out.shape
-        if target.ndim == 1:
-            target = _one_hot(xp, target, k, out.dtype)
         z = out - xp.max(out, axis=-1, keepdims=True)
         e = xp.exp(z)
         s = xp.sum(e, axis=-1, keepdims=True)
-        log_p = z - xp.log(s)
-        if weights is not None:
-            w = _normalized(xp, weights, out.dtype)
-            return -xp.sum(xp.sum(target * log_p, axis=-1) * w), (e / s - target) * w[:, None]
-        value = -xp.sum(target * log_p) / b
-        grad = (e / s - target) / b
-        return value, grad
+        if target.ndim == 1:  # class ids: each one-hot row sums to 1
+            ids = xp.reshape(_as_index(xp, target), (-1, 1))
+            rows = xp.log(s) - xp.take_along_axis(z, ids, axis=-1)  # [B x 1]: each row's loss
+            d = e / s - _one_hot(xp, target, k, out.dtype)
+            labels = target
+        else:
+            t_sum = xp.sum(target, axis=-1, keepdims=True)
+            rows = t_sum * xp.log(s) - xp.sum(target * z, axis=-1, keepdims=True)
+            d = e / s * t_sum - target
+            labels = xp.argmax(target, axis=-1) if want_correct else None
+        if weights is None:
+            value, grad = xp.mean(rows), d / b
+        else:
+            w = _normalized(xp, weights, out.dtype)[:, None]
+            value, grad = xp.sum(rows * w), d * w
+        correct = self._hits(xp, out, labels, weights) if want_correct else None
+        return value, grad, correct
 
     def correct(self, xp, out, target, weights=None):
         if target.ndim == 2:
             target = xp.argmax(target, axis=-1)
-        hit = xp.astype(xp.argmax(out, axis=-1) == target, out.dtype)
-        return xp.sum(hit if weights is None else hit * xp.astype(weights, out.dtype))
+        return self._hits(xp, out, target, weights)
+
+    @staticmethod
+    def _hits(xp, out, labels, weights):
+        hit = xp.argmax(out, axis=-1) == labels
+        if weights is None:
+            return xp.count_nonzero(hit)
+        return xp.sum(xp.astype(hit, out.dtype) * xp.astype(weights, out.dtype))
 
 
 class MSE(Loss):

@@ -29,7 +29,16 @@ def digits():
     return x, np.concatenate([data.y_train, data.y_test]).astype("int64")
 
 
-def batches(n_rows, batch, steps, seed=1):
+# The batch order of the trajectory tests. Its float64 reference run keeps every
+# hidden pre-activation at least 1e-5 away from ReLU's kink at 0 (checked below):
+# with seed 1 one came within 1.6e-9 of it at step 24, far below what float32 can
+# resolve, so whether a float32 run followed the reference there was a coin toss
+# (it decides the sign of one unit's gradient), not a measure of its accuracy.
+BATCH_SEED = 2
+KINK_MARGIN = 1e-6
+
+
+def batches(n_rows, batch, steps, seed=BATCH_SEED):
     """Row indices of ``steps`` batches: a host permutation per epoch."""
     rng = np.random.default_rng(seed)
     out = []
@@ -55,18 +64,21 @@ def torch_reference(dtype, steps, n_rows, batch):
     x = np.asarray(x[:n_rows], dtype=dtype).astype("float64")
     params = [{k: torch.tensor(v, requires_grad=True) for k, v in p.items()} for p in host_init(dtype) if p]
     opt = torch.optim.Adam([v for p in params for v in p.values()], lr=LR)
-    losses = []
+    losses, margin = [], np.inf
     for idx in batches(n_rows, batch, steps):
         h = torch.from_numpy(x[idx])
         for i, p in enumerate(params):
             h = F.linear(h, p["W"].T, p["b"])
             if i < len(params) - 1:
+                margin = min(margin, float(h.detach().abs().min()))
                 h = F.relu(h)
         loss = F.cross_entropy(h, torch.from_numpy(y[:n_rows][idx]))
         opt.zero_grad()
         loss.backward()
         opt.step()
         losses.append(float(loss.detach()))
+    assert margin > KINK_MARGIN, (
+        f"the reference run passes {margin:.1e} from a ReLU kink: choose another BATCH_SEED")
     return np.array(losses), [{k: v.detach().numpy().copy() for k, v in p.items()} for p in params]
 
 

@@ -40,9 +40,9 @@ class JaxBackend(Backend):
         return ("float32", "bf16")
 
     def matmul(self, a, b, precision="float32"):
-        jnp = self.xp
+        jnp = self.xp  # jax.numpy (a counting twin of it under mlp.opcount)
         if precision == "bf16":  # bfloat16 inputs, float32 accumulation and result
-            return jnp.matmul(a.astype(jnp.bfloat16), b.astype(jnp.bfloat16),
+            return jnp.matmul(jnp.astype(a, jnp.bfloat16), jnp.astype(b, jnp.bfloat16),
                               preferred_element_type=a.dtype)
         if precision == "tf32" and "tf32" in self.precisions:
             # per product: overrides jit's default_matmul_precision("highest") for this dot only

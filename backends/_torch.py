@@ -17,12 +17,13 @@ class TorchBackend(Backend):
         return ("float32", "bf16")
 
     def matmul(self, a, b, precision="float32"):
-        torch = self.library
+        xp = self.xp  # through the namespace, so that mlp.opcount counts the casts too
         if precision == "bf16":  # bfloat16 inputs, float32 accumulation; the result is rounded to bfloat16
-            return torch.matmul(a.to(torch.bfloat16), b.to(torch.bfloat16)).to(a.dtype)
+            bf16 = self.library.bfloat16
+            return xp.astype(xp.matmul(xp.astype(a, bf16), xp.astype(b, bf16)), a.dtype)
         if precision == "tf32" and "tf32" in self.precisions:
-            with _tf32(torch):
-                return torch.matmul(a, b)
+            with _tf32(self.library):
+                return xp.matmul(a, b)
         return super().matmul(a, b, precision)
 
     def asarray(self, obj, dtype=None):

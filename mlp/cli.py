@@ -172,11 +172,6 @@ def _backend(args):
     return backends.get(args.backend, device=args.device)
 
 
-def _numerics(model):
-    """'float32', or 'float32, precision bf16' under a mixed-precision policy."""
-    return model.dtype if model.precision == "float32" else f"{model.dtype}, precision {model.precision}"
-
-
 def _say(args, *lines):
     """Human-readable lines: stdout, or stderr when stdout carries JSON."""
     if not getattr(args, "quiet", False):
@@ -335,7 +330,7 @@ def _train(args):
                f"{data.name}: {len(y):,} train / {len(data.y_test):,} test"
                f"{f' / {len(validation[1]):,} validation' if validation else ''}; "
                f"{_opt_text(model.optimizer)}, batch {bs}, epochs {model.epoch + 1}..{last}; "
-               f"{model.backend.spec}, {_numerics(model)}")
+               f"{model.backend.spec}, {_precision.describe(model.dtype, model.precision)}")
 
     extra = {"train": settings, "dataset": _dataset_info(data)}
     progress = _Progress(len(y), min(bs, len(y)), last, disable=args.quiet)
@@ -398,7 +393,7 @@ def _train(args):
     saved = f"; saved {save}" if save else ""
     _say(args, f"test accuracy {test.get('accuracy', float('nan')):.2%} (loss {test['loss']:.4f}) after "
                f"{model.epoch} epochs{stop} in {wall:.1f} s ({speed:,.0f} samples/s) on "
-               f"{model.backend.spec}, {_numerics(model)}{saved}")
+               f"{model.backend.spec}, {_precision.describe(model.dtype, model.precision)}{saved}")
     if args.json:
         print(json.dumps(result))
     return 0
@@ -469,7 +464,8 @@ def _evaluate(args):
     if args.json:
         print(json.dumps(out))
         return 0
-    print(f"{args.checkpoint}: {_arch(model)}, epoch {model.epoch}, {_numerics(model)}, on {model.backend.spec}")
+    numerics = _precision.describe(model.dtype, model.precision)
+    print(f"{args.checkpoint}: {_arch(model)}, epoch {model.epoch}, {numerics}, on {model.backend.spec}")
     print(f"{data.name} {args.split}: accuracy {out['accuracy']:.2%} ({out['correct']}/{out['n']}), "
           f"loss {out['loss']:.4f}")
     print("confusion matrix (rows: true class, columns: predicted):")

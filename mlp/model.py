@@ -175,11 +175,7 @@ class Sequential:
 
     def __repr__(self):
         inner = ", ".join(repr(layer) for layer in self.layers)
-        return f"Sequential({inner}; {self.backend!r}, {self._dtype_text()})"
-
-    def _dtype_text(self):
-        """'float32', or 'float32, precision bf16' under a mixed-precision policy."""
-        return self.dtype if self.precision == "float32" else f"{self.dtype}, precision {self.precision}"
+        return f"Sequential({inner}; {self.backend!r}, {_precision.describe(self.dtype, self.precision)})"
 
     def summary(self):
         """The shape flow and parameter arithmetic, one line per layer."""
@@ -202,7 +198,7 @@ class Sequential:
         table = [header] + rows
         widths = [max(len(r[c]) for r in table) for c in range(len(header))]
         lines = [
-            f"Sequential on {self.backend!r}, {self._dtype_text()}",
+            f"Sequential on {self.backend!r}, {_precision.describe(self.dtype, self.precision)}",
             *("  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in table),
             f"Total params: {total_w + total_b:,} ({total_w:,} weights + {total_b:,} biases)",
         ]

@@ -109,5 +109,11 @@ def get(name="float32"):
         ) from None
 
 
+def describe(dtype, precision):
+    """'float32', or 'float32, precision bf16' under a mixed-precision policy
+    (for summaries and messages)."""
+    return dtype if precision == "float32" else f"{dtype}, precision {precision}"
+
+
 def _names(precisions):
     return ", ".join(repr(p) for p in precisions)

@@ -194,6 +194,13 @@ class Sequential:
         ]
         return "\n".join(lines)
 
+    # -- leaving mlp: ONNX, PyTorch (mlp.onnx, mlp.interop) --------------------
+    def export_onnx(self, path, **kwargs):
+        """Write the inference graph to ``path`` as ONNX; see :func:`mlp.onnx.export_onnx`."""
+        from .onnx import export_onnx
+
+        return export_onnx(self, path, **kwargs)
+
     # -- moving between backends -------------------------------------------
     def to(self, spec, *, device=None):
         """Move parameters and optimizer state to another backend or device, in memory."""

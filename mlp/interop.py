@@ -27,16 +27,16 @@ _CPU = (1, 3)  # DLPack device types of host memory: kDLCPU, kDLCUDAHost (pinned
 
 # mlp layer type -> (nn class name, constructor keyword arguments from the layer)
 _TO_TORCH = {
-    _layers.Linear: ("Linear", lambda l: {"in_features": l.in_features, "out_features": l.out_features,
-                                          "bias": l.bias}),
-    _layers.ReLU: ("ReLU", lambda l: {}),
-    _layers.LeakyReLU: ("LeakyReLU", lambda l: {"negative_slope": l.slope}),
-    _layers.Sigmoid: ("Sigmoid", lambda l: {}),
-    _layers.Tanh: ("Tanh", lambda l: {}),
-    _layers.GELU: ("GELU", lambda l: {"approximate": "tanh"}),
-    _layers.Softmax: ("Softmax", lambda l: {"dim": -1}),
-    _layers.Identity: ("Identity", lambda l: {}),
-    _layers.Dropout: ("Dropout", lambda l: {"p": l.p}),
+    _layers.Linear: ("Linear", lambda layer: {"in_features": layer.in_features,
+                                              "out_features": layer.out_features, "bias": layer.bias}),
+    _layers.ReLU: ("ReLU", lambda layer: {}),
+    _layers.LeakyReLU: ("LeakyReLU", lambda layer: {"negative_slope": layer.slope}),
+    _layers.Sigmoid: ("Sigmoid", lambda layer: {}),
+    _layers.Tanh: ("Tanh", lambda layer: {}),
+    _layers.GELU: ("GELU", lambda layer: {"approximate": "tanh"}),
+    _layers.Softmax: ("Softmax", lambda layer: {"dim": -1}),
+    _layers.Identity: ("Identity", lambda layer: {}),
+    _layers.Dropout: ("Dropout", lambda layer: {"p": layer.p}),
 }
 # nn class name -> the mlp layer for a module of it (None: no mlp counterpart for these settings)
 _FROM_TORCH = {

@@ -94,7 +94,7 @@ def _torch_net(dtype=torch.float32):
 def test_from_torch_module_predicts_what_torch_predicts(dtype):
     net = _torch_net(getattr(torch, dtype))
     model = from_torch_module(net)
-    assert model.dtype == dtype and [type(l).__name__ for l in model.layers] == [
+    assert model.dtype == dtype and [type(layer).__name__ for layer in model.layers] == [
         "Linear", "LeakyReLU", "Dropout", "Linear", "GELU", "Linear", "Sigmoid", "Linear", "Softmax"]
     x = X.astype(dtype)
     tol = 1e-5 if dtype == "float32" else 1e-12

@@ -213,6 +213,8 @@ def from_foreign(x, backend, name="x"):
     if not (_on_host(x) or _on_host(backend.asarray(np.zeros(1)))):
         raise DeviceMismatch(mismatch + " (DLPack shares memory only on one device)")
     host = _host_array(x, f"{name} ({describe(x)})")
+    if host.dtype.kind == "f" and host.dtype.name not in backend.float_dtypes:  # float64 to a device without it
+        host = host.astype(backend.float_dtypes[-1])
     warnings.warn(f"mlp: {name} ({describe(x)}) was copied to {backend!r}: DLPack shares memory only "
                   f"on the same device; pass arrays on the model's device to avoid the copy",
                   CopyWarning, stacklevel=4)

@@ -202,6 +202,13 @@ def test_copy_warning_says_what_was_copied_where():
         model.predict(torch.from_numpy(X))
 
 
+def test_float64_tensors_reach_a_device_without_float64():
+    model = mlp.MLP([6, 8, 3], backend="array_api_strict:no_float64")
+    with pytest.warns(CopyWarning):
+        got = model.predict(torch.from_numpy(X))  # float64, copied as float32
+    np.testing.assert_array_equal(model.backend.to_numpy(got), model.backend.to_numpy(model.predict(X)))
+
+
 def test_a_tensor_that_needs_grad_is_a_clear_error():
     with pytest.raises(DataError, match=r"x \(a torch array on cpu\) could not be read through DLPack "
                                         r"\(BufferError: Can't export tensors that require gradient"):

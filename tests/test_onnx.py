@@ -81,6 +81,18 @@ def test_binary_and_regression_heads(tmp_path):
     np.testing.assert_allclose(out["logits"], regression.forward(x), rtol=RTOL, atol=ATOL)
 
 
+def test_an_input_scaling_per_feature_is_folded_in(tmp_path):
+    model = mlp.MLP([4, 6, 3], seed=2)
+    low, high = np.array([0.0, -1.0, 10.0, 5.0]), np.array([255.0, 1.0, 20.0, 5.0])  # a constant feature too
+    model.export_onnx(tmp_path / "m.onnx", input_range=(low, high))
+    raw = np.random.default_rng(5).uniform(-5, 300, size=(50, 4))
+    scaled = np.clip((raw - low) / np.where(high > low, high - low, 1.0), 0.0, 1.0).astype(np.float32)
+    got = run_onnx(tmp_path / "m.onnx", raw.astype(np.float32))
+    np.testing.assert_allclose(got["probabilities"], model.predict_proba(scaled), rtol=RTOL, atol=ATOL)
+    with pytest.raises(ExportError, match=r"input_range low must be a scalar or \[4\] values, got shape \[3\]"):
+        model.export_onnx(tmp_path / "bad.onnx", input_range=(np.zeros(3), 1.0))
+
+
 def test_the_graph_is_compact(tmp_path):
     """784-128-10: the file is within 20% of its raw weights; no If, no Identity detours."""
     model = mlp.MLP([784, 128, 10])

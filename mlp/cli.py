@@ -1,10 +1,11 @@
-"""The ``mlp`` command: ``train``, ``evaluate``, ``predict``, ``summary``, ``backends``.
+"""The ``mlp`` command: ``train``, ``evaluate``, ``predict``, ``export``, ``summary``, ``backends``.
 
     mlp train                                   # digits, NumPy on the CPU, a progress bar
     mlp train --device gpu --save run.safetensors
     mlp train --resume run.safetensors --epochs 5
     mlp evaluate run.safetensors --backend jax
     mlp predict run.safetensors rows.csv
+    mlp export run.safetensors model.onnx
     mlp summary --sizes 784,16,10
     mlp backends
 
@@ -148,6 +149,14 @@ def build_parser():
     p.add_argument("--scaled", action="store_true", help="INPUT is already scaled to [0, 1]")
     p.add_argument("--output", default=None, metavar="PATH", help="write predictions to PATH (.csv or .npy)")
     p.add_argument("--json", action="store_true")
+
+    x = sub.add_parser("export", help="write a checkpoint's inference graph as an ONNX file",
+                       description="Export a checkpoint to ONNX (needs the onnx extra): input x [batch x D] in "
+                                   "the units of the training data (--scaled: already in [0, 1]); outputs "
+                                   "logits, probabilities and labels.")
+    x.add_argument("checkpoint")
+    x.add_argument("output", metavar="OUT.onnx")
+    x.add_argument("--scaled", action="store_true", help="the graph takes inputs already scaled to [0, 1]")
 
     s = sub.add_parser("summary", help="shape flow and parameter count of a model",
                        description="Print a model's layers, shapes and parameter count.")
@@ -544,6 +553,23 @@ def _predict(args):
     return 0
 
 
+def _export(args):
+    model, meta = checkpoint.load(args.checkpoint, backend="numpy")
+    info = meta["extra"].get("dataset", {})
+    scale = (info["low"], info["high"]) if not args.scaled and "low" in info else None
+    try:
+        from .onnx import export_onnx
+
+        proto = export_onnx(model, args.output, input_range=scale)
+    except ImportError as err:
+        raise CLIError(str(err)) from None
+    outputs = ", ".join(o.name for o in proto.graph.output)
+    units = "raw units, scaled to [0, 1] in the graph" if scale is not None else "scaled as the model was trained"
+    print(f"wrote {args.output} ({os.path.getsize(args.output):,} bytes): x [batch x {model.input_width}] "
+          f"({units}) -> {outputs}")
+    return 0
+
+
 # -- summary, backends ---------------------------------------------------------------------
 def _summary(args):
     if args.checkpoint:
@@ -579,8 +605,8 @@ def _backends(args):
     return 0
 
 
-COMMANDS = {"train": _train, "evaluate": _evaluate, "predict": _predict, "summary": _summary,
-            "backends": _backends}
+COMMANDS = {"train": _train, "evaluate": _evaluate, "predict": _predict, "export": _export,
+            "summary": _summary, "backends": _backends}
 
 
 def main(argv=None):

@@ -18,8 +18,9 @@ from . import flat as _flat
 from . import losses as _losses
 from . import optimizers as _optimizers
 from . import precision as _precision
-from .errors import (DataError, DeviceMismatch, fmt_shape, is_out_of_memory, OutOfMemory, ShapeError,
+from .errors import (DataError, fmt_shape, is_out_of_memory, OutOfMemory, ShapeError,
                      TrainingDiverged)
+from .interop import from_foreign
 from .layers import activation as _activation
 from .layers import Dropout, from_config, Layer, Linear
 from .tree import leaves, tree_map
@@ -57,20 +58,6 @@ def transfer(x, src, dst):
     except Exception:  # noqa: BLE001 - DLPack support differs by library and device
         pass
     return dst.asarray(src.to_numpy(x))
-
-
-def _where(x):
-    """'a jax array on cpu:0': the library and device of a non-NumPy array, for messages."""
-    for name in ("torch", "jax", "cupy", "array_api_strict", "dask", "ndonnx"):
-        test = getattr(array_api_compat, f"is_{name}_array", None) or getattr(array_api_compat, f"is_{name}_obj", None)
-        if test is not None and test(x):
-            break
-    else:
-        name = type(x).__module__.split(".")[0]
-    device = str(array_api_compat.device(x))
-    if device.startswith("array_api_strict.Device("):
-        device = device[len("array_api_strict.Device("):-1].strip("'")
-    return f"{'an' if name[0] in 'aeiou' else 'a'} {name} array on {device}"
 
 
 def _foreign_namespace(x):
@@ -204,6 +191,31 @@ class Sequential:
         ]
         return "\n".join(lines)
 
+    # -- leaving mlp: ONNX, PyTorch (mlp.onnx, mlp.interop) --------------------
+    def export_onnx(self, path, **kwargs):
+        """Write the inference graph to ``path`` as ONNX; see :func:`mlp.onnx.export_onnx`."""
+        from .onnx import export_onnx
+
+        return export_onnx(self, path, **kwargs)
+
+    def state_dict(self, format="torch"):
+        """The weights in PyTorch's ``nn.Linear`` layout; see :func:`mlp.interop.state_dict`."""
+        from .interop import state_dict
+
+        return state_dict(self, format)
+
+    def load_state_dict(self, state):
+        """Weights from a PyTorch-layout state_dict; see :func:`mlp.interop.load_state_dict`."""
+        from .interop import load_state_dict
+
+        return load_state_dict(self, state)
+
+    def to_torch_module(self, device="cpu"):
+        """A ``torch.nn.Sequential`` that predicts what this model predicts (:mod:`mlp.interop`)."""
+        from .interop import to_torch_module
+
+        return to_torch_module(self, device)
+
     # -- moving between backends -------------------------------------------
     def to(self, spec, *, device=None):
         """Move parameters and optimizer state to another backend or device, in memory."""
@@ -222,13 +234,8 @@ class Sequential:
         """``x`` as a ``[B x D]`` array of the model's dtype on its device."""
         backend = self.backend
         foreign = _foreign_namespace(x)
-        if foreign is not None and not isinstance(x, np.ndarray):
-            if backend.owns(x):
-                return self._check_device_input(x, name)
-            raise DeviceMismatch(
-                f"{name} is {_where(x)}, but the model lives on {backend!r}; pass host (NumPy) "
-                f"data, convert {name} yourself, or move the model with model.to(...)"
-            )
+        if foreign is not None and not isinstance(x, np.ndarray):  # DLPack, or a DeviceMismatch
+            return self._check_device_input(from_foreign(x, backend, name), name)
         try:
             host = np.asarray(x)
         except Exception as err:
@@ -284,12 +291,7 @@ class Sequential:
     def _as_target(self, y, loss, n):
         backend = self.backend
         if _foreign_namespace(y) is not None and not isinstance(y, np.ndarray):
-            if not backend.owns(y):
-                raise DeviceMismatch(
-                    f"y is {_where(y)}, but the model lives on {backend!r}; pass host (NumPy) "
-                    f"labels, convert y yourself, or move the model with model.to(...)"
-                )
-            y = backend.to_numpy(y)  # validated on the host below, once
+            y = backend.to_numpy(from_foreign(y, backend, "y"))  # validated on the host below, once
         host = _losses.check_targets(loss, y, self.output_width)
         if host.shape[0] != n:
             raise ShapeError(f"x has {n} rows but y has {host.shape[0]}: they must match")

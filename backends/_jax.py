@@ -25,6 +25,12 @@ class JaxBackend(Backend):
         # float64 is always reachable: ensure_dtype turns on JAX's 64-bit mode.
         return ("float32", "float64")
 
+    @property
+    def compilation_cache(self):
+        """The folder of JAX's persistent compilation cache in use (mlp's default,
+        or the user's own), or None where it is off (backends/_jax_startup.py)."""
+        return _jax_startup.SETTINGS.get("cache")
+
     def ensure_dtype(self, dtype):
         name = dtype if isinstance(dtype, str) else self.dtype_name(dtype)
         if name == "float64":

@@ -37,6 +37,10 @@ class Backend:
     #: Python dispatch. ``fit`` then trains a whole epoch per call.
     fuse_steps = False
 
+    #: True where :meth:`jit` compiles (JAX): a compiled step keeps its step count
+    #: on the device; elsewhere steps run eagerly and ``fit`` counts them on the host.
+    compiles = False
+
     def __init__(self, name, xp, device, *, version="", library=None, device_name=None):
         self.name = name
         self.xp = xp

@@ -19,6 +19,7 @@ _LAST_STEP = [None, None]
 
 class JaxBackend(Backend):
     fuse_steps = True
+    compiles = True
 
     @property
     def float_dtypes(self):

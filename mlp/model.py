@@ -14,6 +14,7 @@ import numpy as np
 
 import backends
 
+from . import flat as _flat
 from . import losses as _losses
 from . import optimizers as _optimizers
 from .errors import (DataError, DeviceMismatch, fmt_shape, is_out_of_memory, OutOfMemory, ShapeError,
@@ -416,51 +417,69 @@ class Sequential:
         return result
 
     # -- training ----------------------------------------------------------
-    def train_step(self, loss=None, optimizer=None, *, inplace=False):
+    def train_step(self, loss=None, optimizer=None, *, inplace=False, run=None):
         """The pure step ``(params, opt_state, x, y, masks, weights=None) -> (params,
         opt_state, loss, correct)``, compiled once per backend through ``Backend.jit``
         (``weights``: ``[B]`` row weights for the loss, see ``mlp.losses``).
 
         ``inplace=True`` (used by ``fit`` where ``Backend.inplace`` is True) lets
         the step overwrite the ``params`` and ``opt_state`` arrays it is given,
-        which the caller must own and not use again."""
+        which the caller must own and not use again.
+
+        With ``run`` (a :class:`mlp.flat.Run`, what ``fit`` uses) the step works on
+        one flat parameter vector instead: ``(P, state, x, y, masks, weights=None,
+        count=None) -> (P, state, loss, correct)`` (see ``mlp.flat``)."""
         loss = _losses.get(loss) if loss is not None else self.loss
         optimizer = optimizer if optimizer is not None else self.optimizer
         inplace = bool(inplace and self.backend.inplace)
-        key = ("step", id(loss), id(optimizer), inplace)
+        key = ("step", id(loss), id(optimizer), inplace, run is not None)
         fn = self._compiled.get(key)
         if fn is None:
-            fn = self._compiled[key] = self.backend.jit(self._step_fn(loss, optimizer, inplace))
+            body = (self._step_fn(loss, optimizer, inplace) if run is None
+                    else run.step(self._train_forward, loss, inplace=inplace))
+            fn = self._compiled[key] = self.backend.jit(body)
         return fn
+
+    def _train_forward(self, params, x, masks):
+        self.traces += 1  # runs once per trace on JAX, every call elsewhere
+        return self._forward(params, x, train=True, masks=masks)
+
+    def _flat_run(self, optimizer=None):
+        """A :class:`mlp.flat.Run` for ``fit``, or None where the optimizer's state
+        cannot be flattened (a user's optimizer without ``slots``)."""
+        optimizer = optimizer if optimizer is not None else self.optimizer
+        if not _flat.supported(optimizer, self.opt_state):
+            return None
+        return _flat.Run(self.params, optimizer, self.backend.xp, host_counts=not self.backend.compiles)
 
     def _step_fn(self, loss, optimizer, inplace=False):
         xp = self.backend.xp
 
         def step(params, opt_state, x, y, masks, weights=None):
-            self.traces += 1  # runs once per trace on JAX, every call elsewhere
-            out, backward = self._forward(params, x, train=True, masks=masks)
-            weighed = () if weights is None else (weights,)  # rows of weight 0 are padding
-            value, dout = loss(xp, out, y, *weighed)
+            out, backward = self._train_forward(params, x, masks)
+            value, dout, correct = loss.terms(xp, out, y, weights)  # rows of weight 0 are padding
             params, opt_state = optimizer.update(params, backward(dout), opt_state, inplace=inplace)
-            return params, opt_state, value, loss.correct(xp, out, y, *weighed)
+            return params, opt_state, value, correct
 
         return step
 
-    def train_steps(self, loss=None, optimizer=None):
+    def train_steps(self, loss=None, optimizer=None, *, run=None):
         """Many steps in one call: ``(params, opt_state, X, Y, rows, masks, weights=None) ->
         (params, opt_state, losses, corrects)``, where ``rows`` is ``[S x B]``
         row numbers of ``X`` and ``Y`` (one batch per step), each mask is
         ``[S x B x D]`` and ``weights`` (``[S x B]``, or None for all 1) weigh
         the rows in the loss (0: a padding row). Built from :meth:`train_step`'s step with
         ``Backend.scan`` and compiled as a whole: on JAX, one call and no Python
-        per step. The data stays on the device; only row numbers travel."""
+        per step. The data stays on the device; only row numbers travel. With ``run``
+        (a :class:`mlp.flat.Run` whose state counts steps), on flat parameters."""
         loss = _losses.get(loss) if loss is not None else self.loss
         optimizer = optimizer if optimizer is not None else self.optimizer
-        key = ("steps", id(loss), id(optimizer))
+        key = ("steps", id(loss), id(optimizer), run is not None)
         fn = self._compiled.get(key)
         if fn is not None:
             return fn
-        xp, backend, step = self.backend.xp, self.backend, self._step_fn(loss, optimizer)
+        xp, backend = self.backend.xp, self.backend
+        step = self._step_fn(loss, optimizer) if run is None else run.step(self._train_forward, loss)
 
         def steps(params, opt_state, X, Y, rows, masks, weights=None):
             def body(carry, batch):
@@ -576,22 +595,29 @@ class Sequential:
         before (the epoch's rollback snapshot, or a caller's) never change."""
         backend, xp, n = self.backend, self.backend.xp, X.shape[0]
         inplace = backend.inplace and dp.n == 1
-        step = dp.wrap(self.train_step(inplace=inplace))  # shards each batch over the devices
-        params, opt_state = dp.replicate((self.params, self.opt_state))
-        if inplace:
+        run = self._flat_run()
+        step = dp.wrap(self.train_step(inplace=inplace, run=run))  # shards each batch over the devices
+        params, opt_state, t0 = self.params, self.opt_state, 0
+        if run is not None:  # new flat arrays: the step may write them in place
+            params, opt_state, t0 = run.begin(params, opt_state)
+        elif inplace:
             params, opt_state = tree_map(lambda a: xp.asarray(a, copy=True), (params, opt_state))
-        idx = backend.asarray(order.astype("int32"), "int32")
+        params, opt_state = dp.replicate((params, opt_state))
+        counted = run is not None and run.host_counts
+        idx = backend.asarray(order.astype(backend.index_dtype), backend.index_dtype)
         n_steps = -(-n // bs)
         losses, corrects = [], []
-        for i in range(0, n, bs):
+        for k, i in enumerate(range(0, n, bs)):
             batch = idx[i:min(i + bs, n)]
             xb, yb = xp.take(X, batch, axis=0), xp.take(Y, batch, axis=0)
-            params, opt_state, value, correct = step(params, opt_state, xb, yb, self._masks(xb.shape[0]))
+            extra = (None, t0 + k + 1) if counted else ()  # the step number, from the host
+            params, opt_state, value, correct = step(params, opt_state, xb, yb, self._masks(xb.shape[0]), *extra)
             losses.append(value)
             corrects.append(correct)
             if on_batch is not None:
-                on_batch(i // bs, n_steps)
-        self.params, self.opt_state = dp.gather((params, opt_state))
+                on_batch(k, n_steps)
+        params, opt_state = dp.gather((params, opt_state))
+        self.params, self.opt_state = (params, opt_state) if run is None else run.end(params, opt_state, n_steps)
         return [xp.stack(losses)], (None if corrects[0] is None else [xp.stack(corrects)])
 
     def _epoch_fused(self, X, Y, order, bs, on_batch):
@@ -615,8 +641,11 @@ class Sequential:
         if padded:  # padding rows: row 0 again, with weight 0
             order = np.concatenate([order, np.zeros(bs - partial, "int32")])
             weights = (np.arange(n_steps * bs) < n).astype("int32").reshape(n_steps, bs)
-        steps = self.train_steps()
+        run = self._flat_run()
+        steps = self.train_steps(run=run)
         params, opt_state = self.params, self.opt_state
+        if run is not None:
+            params, opt_state, _ = run.begin(params, opt_state)
         losses, corrects = [], []
         for first, count, size in calls:
             rows = self.backend.asarray(order[first * bs:first * bs + count * size].reshape(count, size), "int32")
@@ -628,7 +657,7 @@ class Sequential:
             corrects.append(correct)
             for k in range(first, first + count) if on_batch is not None else ():
                 on_batch(k, n_steps)
-        self.params, self.opt_state = params, opt_state
+        self.params, self.opt_state = (params, opt_state) if run is None else run.end(params, opt_state, 0)
         return losses, (None if corrects[0] is None else corrects)
 
     def _widths(self):

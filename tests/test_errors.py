@@ -22,7 +22,7 @@ from mlp.checkpoint import CheckpointError
 from mlp.errors import (DataError, DeviceMismatch, is_out_of_memory, MLPError, OutOfMemory, ShapeError,
                         TrainingDiverged)
 from mlp.layers import Linear, ReLU
-from mlp.tree import leaves
+from mlp.tree import leaves, tree_map
 
 DOC = os.path.join(os.path.dirname(__file__), os.pardir, "docs", "errors.md")
 CASES = {}
@@ -212,16 +212,21 @@ def _oom_step(error, model, after=0):
     """Replace ``model``'s train step by one that raises ``error`` after ``after`` good steps."""
     if model.optimizer is None:
         model.set_optimizer("adam")
-    real = model.train_step()
+    real_train_step = model.train_step
     calls = [0]
 
-    def step(*args):
-        calls[0] += 1
-        if calls[0] > after:
-            raise error
-        return real(*args)
+    def train_step(*a, **k):
+        real = real_train_step(*a, **k)
 
-    model.train_step = lambda *a, **k: step
+        def step(*args):
+            calls[0] += 1
+            if calls[0] > after:
+                raise error
+            return real(*args)
+
+        return step
+
+    model.train_step = train_step
 
 
 @case("oom-memoryerror", "`MemoryError` in a train step")
@@ -613,14 +618,19 @@ def _sabotage(monkeypatch, from_epoch):
     real = mlp.Sequential._epochs
 
     def epochs(self, *args, **kwargs):
-        real_step = self.train_step()
+        real_train_step = self.train_step
 
-        def step(params, *rest):
-            if self.epoch + 1 >= from_epoch:
-                params = [{k: v * float("nan") for k, v in p.items()} for p in params]
-            return real_step(params, *rest)
+        def train_step(*a, **k):
+            real_step = real_train_step(*a, **k)
 
-        self.train_step = lambda *a, **k: step
+            def step(params, *rest):
+                if self.epoch + 1 >= from_epoch:
+                    params = tree_map(lambda v: v * float("nan"), params)
+                return real_step(params, *rest)
+
+            return step
+
+        self.train_step = train_step
         try:
             return real(self, *args, **kwargs)
         finally:

@@ -12,8 +12,8 @@ never where the user chose for themselves (docs/benchmarks.md, "JAX cold start")
   ``jax.config.update("jax_compilation_cache_dir", ...)`` before loading the
   backend) or turned off (``JAX_ENABLE_COMPILATION_CACHE=false``) is left as it is.
   JAX writes only programs that took at least 1 s to compile; mlp lowers that to
-  :data:`MIN_COMPILE_SECS` so that a small CPU program is cached too, unless
-  ``JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS`` is set.
+  :data:`MIN_COMPILE_SECS` (0: every program) so that small CPU programs are cached
+  too, unless ``JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS`` is set.
 - **``--xla_gpu_enable_triton_gemm=false``** appended to ``XLA_FLAGS``: float32 at
   precision "highest" made XLA autotune Triton GEMMs for 5-15 s per program on
   an H200, for no speed over cuBLAS. Added only when a JAX CUDA plugin is
@@ -27,9 +27,11 @@ import importlib.util
 import os
 from importlib.metadata import entry_points
 
-#: programs that compile faster than this are not written to the persistent cache
-#: (JAX's own default is 1 s, which leaves out every program of a small model on a CPU)
-MIN_COMPILE_SECS = 0.05
+#: programs that compile faster than this are not written to the persistent cache.
+#: JAX's own default, 1 s, leaves out every program of a small model on a CPU; and
+#: the eager operations of a fit (each its own small program, 10-40 ms to compile)
+#: add up to ~0.2 s per process, a cold start's whole budget: so every program.
+MIN_COMPILE_SECS = 0.0
 TRITON_FLAG = "--xla_gpu_enable_triton_gemm=false"
 CUDA_PLUGINS = ("jax_cuda13_plugin", "jax_cuda12_plugin")
 OFF = ("0", "false", "no", "off")

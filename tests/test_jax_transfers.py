@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 import mlp
+from mlp import flat
 
 B, STEPS = 8, 3
 
@@ -47,14 +48,20 @@ def test_a_jax_step_makes_no_host_device_transfer(cell, dropout):
     x, y, w = X[:B], Y[:B], weights[0]  # slicing with host indices is a transfer: before the guard
     batch_masks = [m[0] for m in masks]
     step, steps = model.train_step(), model.train_steps()
+    # what fit runs: the same steps on one flat parameter vector (mlp.flat)
+    run = flat.Run(model.params, model.optimizer, model.backend.xp, host_counts=not model.backend.compiles)
+    P, state, _ = run.begin(model.params, model.opt_state)
+    flat_step, flat_steps = model.train_step(run=run), model.train_steps(run=run)
     args = [(step, (model.params, model.opt_state, x, y, batch_masks)),
             (step, (model.params, model.opt_state, x, y, batch_masks, w)),
             (steps, (model.params, model.opt_state, X, Y, rows, masks)),
-            (steps, (model.params, model.opt_state, X, Y, rows, masks, weights))]
+            (steps, (model.params, model.opt_state, X, Y, rows, masks, weights)),
+            (flat_step, (P, state, x, y, batch_masks, w)),
+            (flat_steps, (P, state, X, Y, rows, masks, weights))]
     for fn, a in args:  # compiled (and its constants placed) outside the guard
         jax.block_until_ready(fn(*a))
     with jax.transfer_guard("disallow"):
-        for fn, a in args:
-            params, opt_state, loss, correct = jax.block_until_ready(fn(*a))
-    assert np.all(np.isfinite(cell.to_numpy(loss)))
-    assert jax.tree.leaves(params)[0].devices() == X.devices()
+        results = [jax.block_until_ready(fn(*a)) for fn, a in args]
+    for params, opt_state, loss, correct in results:
+        assert np.all(np.isfinite(cell.to_numpy(loss)))
+        assert jax.tree.leaves(params)[0].devices() == X.devices()

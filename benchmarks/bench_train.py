@@ -31,6 +31,7 @@ import gc
 import json
 import os
 import platform
+import shlex
 import statistics
 import subprocess
 import sys
@@ -880,7 +881,7 @@ def main(argv=None):
         del again[again.index("--json"):again.index("--json") + 2]
     again = [a for a in again if not a.startswith("--json=")]
     print(f"Total time {time.perf_counter() - start:.0f} s. Regenerate: "
-          + " ".join(["python benchmarks/bench_train.py", *again]))
+          + " ".join(["python benchmarks/bench_train.py", *map(shlex.quote, again)]))
     if args.json:
         with open(args.json, "w") as f:
             json.dump({"device": args.device, "repeats": repeats, "results": results,

@@ -25,7 +25,8 @@ def mask_widths(model):
 
 def on_device(cell, dropout, loss):
     """A model and everything a step takes, placed on the cell's device first."""
-    model = mlp.MLP([8, 16, 16, 3], dropout=dropout, backend=cell.spec, dtype=cell.dtype, seed=0, loss=loss)
+    kwargs = getattr(cell, "model_kwargs", {"backend": cell.spec, "dtype": cell.dtype})
+    model = mlp.MLP([8, 16, 16, 3], dropout=dropout, seed=0, loss=loss, **kwargs)
     model.set_optimizer("adam")
     rng = np.random.default_rng(0)
     X = cell.asarray(rng.normal(size=(B * STEPS, 8)))
@@ -40,6 +41,14 @@ def on_device(cell, dropout, loss):
 
 @pytest.mark.parametrize("dropout", [0.0, 0.5], ids=["plain", "dropout"])
 def test_a_jax_step_makes_no_host_device_transfer(cell, dropout):
+    check_no_transfer(cell, dropout)
+
+
+def test_a_jax_step_under_a_precision_policy_makes_no_host_device_transfer(precision_cell):
+    check_no_transfer(precision_cell, 0.5)
+
+
+def check_no_transfer(cell, dropout):
     if cell.name != "jax":
         pytest.skip("jax.transfer_guard is JAX's")
     import jax

@@ -5,6 +5,7 @@ import warnings
 
 import numpy as np
 
+from . import _jax_startup
 from ._base import Backend, BackendUnavailable, check_devices
 
 EXTRA = "jax"
@@ -24,6 +25,12 @@ class JaxBackend(Backend):
     def float_dtypes(self):
         # float64 is always reachable: ensure_dtype turns on JAX's 64-bit mode.
         return ("float32", "float64")
+
+    @property
+    def compilation_cache(self):
+        """The folder of JAX's persistent compilation cache in use (mlp's default,
+        or the user's own), or None where it is off (backends/_jax_startup.py)."""
+        return _jax_startup.SETTINGS.get("cache")
 
     def ensure_dtype(self, dtype):
         name = dtype if isinstance(dtype, str) else self.dtype_name(dtype)
@@ -234,6 +241,10 @@ def load(device=None):
     platform, index = _parse(device)
     import jax
 
+    # Process-wide, once, before JAX starts its backends (see backends/_jax_startup.py):
+    # the persistent compilation cache, and the XLA flag that spares a GPU Triton autotuning.
+    _jax_startup.add_gpu_flags(platform, _backends_started())
+    _jax_startup.configure_cache(jax)
     try:
         # this process's devices (all of them unless jax.distributed runs several)
         devices = jax.local_devices(backend=platform)
@@ -255,8 +266,20 @@ def load(device=None):
     )
 
 
+def _backends_started():
+    """Whether JAX has created its backends (after which XLA_FLAGS is read no more)."""
+    try:
+        from jax._src import xla_bridge
+
+        return xla_bridge.backends_are_initialized()
+    except (ImportError, AttributeError):  # cannot tell: leave XLA_FLAGS alone
+        return True
+
+
 def probe():
     import jax
+
+    _jax_startup.add_gpu_flags(None, _backends_started())
 
     devices = [f"{d.platform}:{d.id}" for d in jax.devices("cpu")]
     try:

@@ -14,10 +14,13 @@ import numpy as np
 
 import backends
 
+from . import flat as _flat
 from . import losses as _losses
 from . import optimizers as _optimizers
-from .errors import (DataError, DeviceMismatch, fmt_shape, is_out_of_memory, OutOfMemory, ShapeError,
+from . import precision as _precision
+from .errors import (DataError, fmt_shape, is_out_of_memory, OutOfMemory, ShapeError,
                      TrainingDiverged)
+from .interop import from_foreign
 from .layers import activation as _activation
 from .layers import Dropout, from_config, Layer, Linear
 from .tree import leaves, tree_map
@@ -57,20 +60,6 @@ def transfer(x, src, dst):
     return dst.asarray(src.to_numpy(x))
 
 
-def _where(x):
-    """'a jax array on cpu:0': the library and device of a non-NumPy array, for messages."""
-    for name in ("torch", "jax", "cupy", "array_api_strict", "dask", "ndonnx"):
-        test = getattr(array_api_compat, f"is_{name}_array", None) or getattr(array_api_compat, f"is_{name}_obj", None)
-        if test is not None and test(x):
-            break
-    else:
-        name = type(x).__module__.split(".")[0]
-    device = str(array_api_compat.device(x))
-    if device.startswith("array_api_strict.Device("):
-        device = device[len("array_api_strict.Device("):-1].strip("'")
-    return f"{'an' if name[0] in 'aeiou' else 'a'} {name} array on {device}"
-
-
 def _foreign_namespace(x):
     """The array library of ``x`` when it is a non-NumPy array, else None."""
     if isinstance(x, (np.ndarray, np.generic, list, tuple, int, float)):
@@ -89,13 +78,18 @@ class Sequential:
     Initial weights come from a host ``numpy.random.Generator`` seeded with
     ``seed`` and are moved to the backend once, so the same seed gives
     bit-identical starting parameters on every backend and device.
+
+    ``precision="bf16"`` or ``"tf32"`` (float32 ``dtype`` only) runs the Linear
+    layers' matrix products in bfloat16 or TF32 on backends that have them;
+    weights, optimizer state and loss stay float32 (``mlp.precision``).
     """
 
     #: The most dropout-mask elements ``fit`` draws ahead for one call of
     #: :meth:`train_steps` (2**24: 64 MiB of float32); more steps split the epoch.
     mask_budget = 1 << 24
 
-    def __init__(self, *layers, backend=None, seed=0, dtype="float32", loss="cross_entropy"):
+    def __init__(self, *layers, backend=None, seed=0, dtype="float32", loss="cross_entropy",
+                 precision="float32"):
         if len(layers) == 1 and isinstance(layers[0], (list, tuple)):
             layers = tuple(layers[0])
         if not layers:
@@ -109,6 +103,7 @@ class Sequential:
             raise ValueError(f"dtype must be 'float32' or 'float64', got {dtype!r}")
         self.dtype = dtype
         self.backend = backends.get(backend)
+        self.precision = _precision.get(precision).check(self.backend, dtype).name  # see mlp/precision.py
         self.backend.ensure_dtype(dtype)
         self.seed = seed
         self.rng = np.random.default_rng(seed)
@@ -155,17 +150,19 @@ class Sequential:
             "dtype": self.dtype,
             "loss": self.loss.name,
             "seed": self.seed,
+            "precision": self.precision,
         }
 
     @classmethod
     def from_config(cls, config, backend=None):
         layers = [from_config(c) for c in config["layers"]]
         return cls(*layers, backend=backend, seed=config.get("seed", 0),
-                   dtype=config.get("dtype", "float32"), loss=config.get("loss", "cross_entropy"))
+                   dtype=config.get("dtype", "float32"), loss=config.get("loss", "cross_entropy"),
+                   precision=config.get("precision", "float32"))
 
     def __repr__(self):
         inner = ", ".join(repr(layer) for layer in self.layers)
-        return f"Sequential({inner}; {self.backend!r}, {self.dtype})"
+        return f"Sequential({inner}; {self.backend!r}, {_precision.describe(self.dtype, self.precision)})"
 
     def summary(self):
         """The shape flow and parameter arithmetic, one line per layer."""
@@ -188,17 +185,43 @@ class Sequential:
         table = [header] + rows
         widths = [max(len(r[c]) for r in table) for c in range(len(header))]
         lines = [
-            f"Sequential on {self.backend!r}, {self.dtype}",
+            f"Sequential on {self.backend!r}, {_precision.describe(self.dtype, self.precision)}",
             *("  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in table),
             f"Total params: {total_w + total_b:,} ({total_w:,} weights + {total_b:,} biases)",
         ]
         return "\n".join(lines)
+
+    # -- leaving mlp: ONNX, PyTorch (mlp.onnx, mlp.interop) --------------------
+    def export_onnx(self, path, **kwargs):
+        """Write the inference graph to ``path`` as ONNX; see :func:`mlp.onnx.export_onnx`."""
+        from .onnx import export_onnx
+
+        return export_onnx(self, path, **kwargs)
+
+    def state_dict(self, format="torch"):
+        """The weights in PyTorch's ``nn.Linear`` layout; see :func:`mlp.interop.state_dict`."""
+        from .interop import state_dict
+
+        return state_dict(self, format)
+
+    def load_state_dict(self, state):
+        """Weights from a PyTorch-layout state_dict; see :func:`mlp.interop.load_state_dict`."""
+        from .interop import load_state_dict
+
+        return load_state_dict(self, state)
+
+    def to_torch_module(self, device="cpu"):
+        """A ``torch.nn.Sequential`` that predicts what this model predicts (:mod:`mlp.interop`)."""
+        from .interop import to_torch_module
+
+        return to_torch_module(self, device)
 
     # -- moving between backends -------------------------------------------
     def to(self, spec, *, device=None):
         """Move parameters and optimizer state to another backend or device, in memory."""
         dst = backends.get(spec, device=device)
         dst.ensure_dtype(self.dtype)
+        _precision.get(self.precision).check(dst, self.dtype)  # before anything moves
         src = self.backend
         self.params = tree_map(lambda a: transfer(a, src, dst), self.params)
         self.opt_state = tree_map(lambda a: transfer(a, src, dst), self.opt_state)
@@ -211,13 +234,8 @@ class Sequential:
         """``x`` as a ``[B x D]`` array of the model's dtype on its device."""
         backend = self.backend
         foreign = _foreign_namespace(x)
-        if foreign is not None and not isinstance(x, np.ndarray):
-            if backend.owns(x):
-                return self._check_device_input(x, name)
-            raise DeviceMismatch(
-                f"{name} is {_where(x)}, but the model lives on {backend!r}; pass host (NumPy) "
-                f"data, convert {name} yourself, or move the model with model.to(...)"
-            )
+        if foreign is not None and not isinstance(x, np.ndarray):  # DLPack, or a DeviceMismatch
+            return self._check_device_input(from_foreign(x, backend, name), name)
         try:
             host = np.asarray(x)
         except Exception as err:
@@ -273,12 +291,7 @@ class Sequential:
     def _as_target(self, y, loss, n):
         backend = self.backend
         if _foreign_namespace(y) is not None and not isinstance(y, np.ndarray):
-            if not backend.owns(y):
-                raise DeviceMismatch(
-                    f"y is {_where(y)}, but the model lives on {backend!r}; pass host (NumPy) "
-                    f"labels, convert y yourself, or move the model with model.to(...)"
-                )
-            y = backend.to_numpy(y)  # validated on the host below, once
+            y = backend.to_numpy(from_foreign(y, backend, "y"))  # validated on the host below, once
         host = _losses.check_targets(loss, y, self.output_width)
         if host.shape[0] != n:
             raise ShapeError(f"x has {n} rows but y has {host.shape[0]}: they must match")
@@ -292,7 +305,7 @@ class Sequential:
     # -- forward and backward ----------------------------------------------
     def _forward(self, params, x, train=False, masks=()):
         """Run every layer; return the output and the backward function."""
-        xp = self.backend.xp
+        xp = _precision.get(self.precision).namespace(self.backend)  # matmul under the policy
         backs = []
         masks = iter(masks)
         for layer, p in zip(self.layers, params):
@@ -416,51 +429,69 @@ class Sequential:
         return result
 
     # -- training ----------------------------------------------------------
-    def train_step(self, loss=None, optimizer=None, *, inplace=False):
+    def train_step(self, loss=None, optimizer=None, *, inplace=False, run=None):
         """The pure step ``(params, opt_state, x, y, masks, weights=None) -> (params,
         opt_state, loss, correct)``, compiled once per backend through ``Backend.jit``
         (``weights``: ``[B]`` row weights for the loss, see ``mlp.losses``).
 
         ``inplace=True`` (used by ``fit`` where ``Backend.inplace`` is True) lets
         the step overwrite the ``params`` and ``opt_state`` arrays it is given,
-        which the caller must own and not use again."""
+        which the caller must own and not use again.
+
+        With ``run`` (a :class:`mlp.flat.Run`, what ``fit`` uses) the step works on
+        one flat parameter vector instead: ``(P, state, x, y, masks, weights=None,
+        count=None) -> (P, state, loss, correct)`` (see ``mlp.flat``)."""
         loss = _losses.get(loss) if loss is not None else self.loss
         optimizer = optimizer if optimizer is not None else self.optimizer
         inplace = bool(inplace and self.backend.inplace)
-        key = ("step", id(loss), id(optimizer), inplace)
+        key = ("step", id(loss), id(optimizer), inplace, run is not None)
         fn = self._compiled.get(key)
         if fn is None:
-            fn = self._compiled[key] = self.backend.jit(self._step_fn(loss, optimizer, inplace))
+            body = (self._step_fn(loss, optimizer, inplace) if run is None
+                    else run.step(self._train_forward, loss, inplace=inplace))
+            fn = self._compiled[key] = self.backend.jit(body)
         return fn
+
+    def _train_forward(self, params, x, masks):
+        self.traces += 1  # runs once per trace on JAX, every call elsewhere
+        return self._forward(params, x, train=True, masks=masks)
+
+    def _flat_run(self, optimizer=None):
+        """A :class:`mlp.flat.Run` for ``fit``, or None where the optimizer's state
+        cannot be flattened (a user's optimizer without ``slots``)."""
+        optimizer = optimizer if optimizer is not None else self.optimizer
+        if not _flat.supported(optimizer, self.opt_state):
+            return None
+        return _flat.Run(self.params, optimizer, self.backend.xp, host_counts=not self.backend.compiles)
 
     def _step_fn(self, loss, optimizer, inplace=False):
         xp = self.backend.xp
 
         def step(params, opt_state, x, y, masks, weights=None):
-            self.traces += 1  # runs once per trace on JAX, every call elsewhere
-            out, backward = self._forward(params, x, train=True, masks=masks)
-            weighed = () if weights is None else (weights,)  # rows of weight 0 are padding
-            value, dout = loss(xp, out, y, *weighed)
+            out, backward = self._train_forward(params, x, masks)
+            value, dout, correct = loss.terms(xp, out, y, weights)  # rows of weight 0 are padding
             params, opt_state = optimizer.update(params, backward(dout), opt_state, inplace=inplace)
-            return params, opt_state, value, loss.correct(xp, out, y, *weighed)
+            return params, opt_state, value, correct
 
         return step
 
-    def train_steps(self, loss=None, optimizer=None):
+    def train_steps(self, loss=None, optimizer=None, *, run=None):
         """Many steps in one call: ``(params, opt_state, X, Y, rows, masks, weights=None) ->
         (params, opt_state, losses, corrects)``, where ``rows`` is ``[S x B]``
         row numbers of ``X`` and ``Y`` (one batch per step), each mask is
         ``[S x B x D]`` and ``weights`` (``[S x B]``, or None for all 1) weigh
         the rows in the loss (0: a padding row). Built from :meth:`train_step`'s step with
         ``Backend.scan`` and compiled as a whole: on JAX, one call and no Python
-        per step. The data stays on the device; only row numbers travel."""
+        per step. The data stays on the device; only row numbers travel. With ``run``
+        (a :class:`mlp.flat.Run` whose state counts steps), on flat parameters."""
         loss = _losses.get(loss) if loss is not None else self.loss
         optimizer = optimizer if optimizer is not None else self.optimizer
-        key = ("steps", id(loss), id(optimizer))
+        key = ("steps", id(loss), id(optimizer), run is not None)
         fn = self._compiled.get(key)
         if fn is not None:
             return fn
-        xp, backend, step = self.backend.xp, self.backend, self._step_fn(loss, optimizer)
+        xp, backend = self.backend.xp, self.backend
+        step = self._step_fn(loss, optimizer) if run is None else run.step(self._train_forward, loss)
 
         def steps(params, opt_state, X, Y, rows, masks, weights=None):
             def body(carry, batch):
@@ -576,22 +607,29 @@ class Sequential:
         before (the epoch's rollback snapshot, or a caller's) never change."""
         backend, xp, n = self.backend, self.backend.xp, X.shape[0]
         inplace = backend.inplace and dp.n == 1
-        step = dp.wrap(self.train_step(inplace=inplace))  # shards each batch over the devices
-        params, opt_state = dp.replicate((self.params, self.opt_state))
-        if inplace:
+        run = self._flat_run()
+        step = dp.wrap(self.train_step(inplace=inplace, run=run))  # shards each batch over the devices
+        params, opt_state, t0 = self.params, self.opt_state, 0
+        if run is not None:  # new flat arrays: the step may write them in place
+            params, opt_state, t0 = run.begin(params, opt_state)
+        elif inplace:
             params, opt_state = tree_map(lambda a: xp.asarray(a, copy=True), (params, opt_state))
-        idx = backend.asarray(order.astype("int32"), "int32")
+        params, opt_state = dp.replicate((params, opt_state))
+        counted = run is not None and run.host_counts
+        idx = backend.asarray(order.astype(backend.index_dtype), backend.index_dtype)
         n_steps = -(-n // bs)
         losses, corrects = [], []
-        for i in range(0, n, bs):
+        for k, i in enumerate(range(0, n, bs)):
             batch = idx[i:min(i + bs, n)]
             xb, yb = xp.take(X, batch, axis=0), xp.take(Y, batch, axis=0)
-            params, opt_state, value, correct = step(params, opt_state, xb, yb, self._masks(xb.shape[0]))
+            extra = (None, t0 + k + 1) if counted else ()  # the step number, from the host
+            params, opt_state, value, correct = step(params, opt_state, xb, yb, self._masks(xb.shape[0]), *extra)
             losses.append(value)
             corrects.append(correct)
             if on_batch is not None:
-                on_batch(i // bs, n_steps)
-        self.params, self.opt_state = dp.gather((params, opt_state))
+                on_batch(k, n_steps)
+        params, opt_state = dp.gather((params, opt_state))
+        self.params, self.opt_state = (params, opt_state) if run is None else run.end(params, opt_state, n_steps)
         return [xp.stack(losses)], (None if corrects[0] is None else [xp.stack(corrects)])
 
     def _epoch_fused(self, X, Y, order, bs, on_batch):
@@ -615,8 +653,11 @@ class Sequential:
         if padded:  # padding rows: row 0 again, with weight 0
             order = np.concatenate([order, np.zeros(bs - partial, "int32")])
             weights = (np.arange(n_steps * bs) < n).astype("int32").reshape(n_steps, bs)
-        steps = self.train_steps()
+        run = self._flat_run()
+        steps = self.train_steps(run=run)
         params, opt_state = self.params, self.opt_state
+        if run is not None:
+            params, opt_state, _ = run.begin(params, opt_state)
         losses, corrects = [], []
         for first, count, size in calls:
             rows = self.backend.asarray(order[first * bs:first * bs + count * size].reshape(count, size), "int32")
@@ -628,7 +669,7 @@ class Sequential:
             corrects.append(correct)
             for k in range(first, first + count) if on_batch is not None else ():
                 on_batch(k, n_steps)
-        self.params, self.opt_state = params, opt_state
+        self.params, self.opt_state = (params, opt_state) if run is None else run.end(params, opt_state, 0)
         return losses, (None if corrects[0] is None else corrects)
 
     def _widths(self):
@@ -674,7 +715,9 @@ def MLP(sizes, activation="relu", *, dropout=0.0, init=None, bias=True, **kwargs
 
     ``init`` defaults to 'he' for ReLU-like activations and 'glorot' otherwise;
     ``dropout`` adds a Dropout after each hidden activation. Other keyword
-    arguments (``backend``, ``seed``, ``dtype``, ``loss``) go to :class:`Sequential`.
+    arguments (``backend``, ``seed``, ``dtype``, ``loss``, ``precision``) go to
+    :class:`Sequential`; ``precision="bf16"`` or ``"tf32"`` runs the matrix products
+    in bfloat16 or TF32 (docs/precision.md).
     """
     sizes = list(sizes)
     if len(sizes) < 2:

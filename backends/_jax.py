@@ -5,6 +5,7 @@ import warnings
 
 import numpy as np
 
+from . import _jax_startup
 from ._base import Backend, BackendUnavailable, check_devices, parse_device
 
 # Data-parallel steps of different threads never run at the same time (see
@@ -23,11 +24,35 @@ class JaxBackend(Backend):
         # float64 is always reachable: ensure_dtype turns on JAX's 64-bit mode.
         return ("float32", "float64")
 
+    @property
+    def compilation_cache(self):
+        """The folder of JAX's persistent compilation cache in use (mlp's default,
+        or the user's own), or None where it is off (backends/_jax_startup.py)."""
+        return _jax_startup.SETTINGS.get("cache")
+
     def ensure_dtype(self, dtype):
         name = dtype if isinstance(dtype, str) else self.dtype_name(dtype)
         if name == "float64":
             enable_x64(self.library)
         return super().ensure_dtype(name)
+
+    @property
+    def precisions(self):
+        # bfloat16 products on every platform (XLA's CPU emulates them); TF32 only
+        # on NVIDIA GPUs that have it (Ampere, compute capability 8.0, and newer).
+        if self.device.platform == "gpu" and _capability(self.device) >= 8.0:
+            return ("float32", "tf32", "bf16")
+        return ("float32", "bf16")
+
+    def matmul(self, a, b, precision="float32"):
+        jnp = self.xp  # jax.numpy (a counting twin of it under mlp.opcount)
+        if precision == "bf16":  # bfloat16 inputs, float32 accumulation and result
+            return jnp.matmul(jnp.astype(a, jnp.bfloat16), jnp.astype(b, jnp.bfloat16),
+                              preferred_element_type=a.dtype)
+        if precision == "tf32" and "tf32" in self.precisions:
+            # per product: overrides jit's default_matmul_precision("highest") for this dot only
+            return jnp.matmul(a, b, precision=self.library.lax.DotAlgorithmPreset.TF32_TF32_F32)
+        return super().matmul(a, b, precision)
 
     def asarray(self, obj, dtype=None):
         host = np.asarray(obj)
@@ -174,6 +199,14 @@ class DataParallel:
         return self.jax.tree.map(local, tree)
 
 
+def _capability(device):
+    """A GPU's CUDA compute capability as a number (9.0 for an H100/H200); 0 when unknown."""
+    try:
+        return float(getattr(device, "compute_capability", 0) or 0)
+    except (TypeError, ValueError):
+        return 0.0
+
+
 def enable_x64(jax):
     """Turn on JAX's 64-bit mode (needed for float64), saying so once."""
     if not jax.config.jax_enable_x64:
@@ -196,6 +229,10 @@ def load(device=None):
     platform, index = _parse(device)
     import jax
 
+    # Process-wide, once, before JAX starts its backends (see backends/_jax_startup.py):
+    # the persistent compilation cache, and the XLA flag that spares a GPU Triton autotuning.
+    _jax_startup.add_gpu_flags(platform, _backends_started())
+    _jax_startup.configure_cache(jax)
     try:
         # this process's devices (all of them unless jax.distributed runs several)
         devices = jax.local_devices(backend=platform)
@@ -217,8 +254,20 @@ def load(device=None):
     )
 
 
+def _backends_started():
+    """Whether JAX has created its backends (after which XLA_FLAGS is read no more)."""
+    try:
+        from jax._src import xla_bridge
+
+        return xla_bridge.backends_are_initialized()
+    except (ImportError, AttributeError):  # cannot tell: leave XLA_FLAGS alone
+        return True
+
+
 def probe():
     import jax
+
+    _jax_startup.add_gpu_flags(None, _backends_started())
 
     devices = [f"{d.platform}:{d.id}" for d in jax.devices("cpu")]
     try:

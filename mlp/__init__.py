@@ -9,12 +9,13 @@ The math runs through the array namespace of the model's backend (see the
 array-api-strict. Importing mlp imports none of JAX, CuPy, PyTorch or scikit-learn.
 """
 from ._source import backends  # mlp.backends: installed, or backends/ next to mlp/ in a checkout
-from . import callbacks, checkpoint, datasets, losses, optimizers, training, validation
+from . import callbacks, checkpoint, datasets, losses, optimizers, precision, training, validation
 from .errors import DataError, DeviceMismatch, MLPError, OutOfMemory, ShapeError, TrainingDiverged
 from .layers import (GELU, Dropout, Identity, Layer, LeakyReLU, Linear, ReLU, Sigmoid, Softmax,
                      Tanh, register_layer)
 from .model import MLP, History, Sequential, StopTraining, transfer
 from .optimizers import SGD, Adam, AdamW
+from .precision import PrecisionError
 
 __version__ = "0.1.0"
 
@@ -22,6 +23,7 @@ __all__ = [
     "backends", "MLP", "Sequential", "History", "StopTraining", "transfer",
     "Layer", "Linear", "ReLU", "LeakyReLU", "Sigmoid", "Tanh", "GELU", "Softmax", "Identity", "Dropout",
     "register_layer", "SGD", "Adam", "AdamW", "losses", "optimizers", "datasets", "checkpoint",
-    "callbacks", "training", "validation",
+    "callbacks", "training", "validation", "precision",
     "MLPError", "ShapeError", "DataError", "DeviceMismatch", "TrainingDiverged", "OutOfMemory",
+    "PrecisionError",
 ]

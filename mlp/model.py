@@ -4,8 +4,7 @@
 parameters and optimizer state on its backend, moving between backends, and
 the forward pass with its explicit backward, prediction and evaluation.
 Training lives in :mod:`mlp.training`, input checks in :mod:`mlp.validation`,
-callbacks in :mod:`mlp.callbacks`.
-"""
+callbacks in :mod:`mlp.callbacks`, the ways out (ONNX, PyTorch) in :mod:`mlp.interop`."""
 from __future__ import annotations
 
 import numpy as np
@@ -15,9 +14,11 @@ from .backends import transfer  # noqa: F401 - re-exported: mlp.transfer
 
 from . import losses as _losses
 from . import optimizers as _optimizers
+from . import precision as _precision
 from . import training, validation
 from .callbacks import History, StopTraining  # noqa: F401 - re-exported: mlp.model.History
 from .errors import guard_memory, ShapeError
+from .interop import Portable
 from .layers import chain_widths, from_config, Layer, sigmoid, softmax, stack
 from .tree import leaves, tree_map
 
@@ -26,21 +27,20 @@ from .tree import leaves, tree_map
 BIT_GENERATORS = ("PCG64", "PCG64DXSM", "MT19937", "Philox", "SFC64")
 
 
-class Sequential:
+class Sequential(Portable):
     """Layers applied in order, with parameters on one backend.
 
     ``Sequential(Linear(784, 16), ReLU(), Linear(16, 10), backend="jax", seed=0)``
 
-    Initial weights come from a host ``numpy.random.Generator`` seeded with
-    ``seed`` and are moved to the backend once, so the same seed gives
-    bit-identical starting parameters on every backend and device.
+    Initial weights come from a host ``numpy.random.Generator`` seeded with ``seed``
+    and are moved to the backend once: the same seed, the same start everywhere.
+    ``precision="bf16"``/``"tf32"``: the matrix products' policy (mlp.precision).
     """
 
-    #: The most dropout-mask elements ``fit`` draws ahead for one call of
-    #: :meth:`train_steps` (2**24: 64 MiB of float32); more steps split the epoch.
+    #: The most dropout-mask elements fit draws ahead for one train_steps call (64 MiB of float32)
     mask_budget = 1 << 24
 
-    def __init__(self, *layers, backend=None, seed=0, dtype="float32", loss="cross_entropy"):
+    def __init__(self, *layers, backend=None, seed=0, dtype="float32", loss="cross_entropy", precision="float32"):
         if len(layers) == 1 and isinstance(layers[0], (list, tuple)):
             layers = tuple(layers[0])
         if not layers:
@@ -54,6 +54,7 @@ class Sequential:
             raise ValueError(f"dtype must be 'float32' or 'float64', got {dtype!r}")
         self.dtype = dtype
         self.backend = backends.get(backend)
+        self.precision = _precision.get(precision).check(self.backend, dtype).name  # see mlp/precision.py
         self.backend.ensure_dtype(dtype)
         self.seed = seed
         self.rng = np.random.default_rng(seed)
@@ -96,13 +97,14 @@ class Sequential:
             "dtype": self.dtype,
             "loss": self.loss.name,
             "seed": self.seed,
+            "precision": self.precision,
         }
 
     @classmethod
     def from_config(cls, config, backend=None):
         layers = [from_config(c) for c in config["layers"]]
-        return cls(*layers, backend=backend, seed=config.get("seed", 0),
-                   dtype=config.get("dtype", "float32"), loss=config.get("loss", "cross_entropy"))
+        return cls(*layers, backend=backend, seed=config.get("seed", 0), dtype=config.get("dtype", "float32"),
+                   loss=config.get("loss", "cross_entropy"), precision=config.get("precision", "float32"))
 
     def state(self):
         """Everything that defines the model now, as host values: ``config``,
@@ -143,7 +145,7 @@ class Sequential:
 
     def __repr__(self):
         inner = ", ".join(repr(layer) for layer in self.layers)
-        return f"Sequential({inner}; {self.backend!r}, {self.dtype})"
+        return f"Sequential({inner}; {self.backend!r}, {_precision.describe(self.dtype, self.precision)})"
 
     def summary(self):
         """The shape flow and parameter arithmetic, one line per layer."""
@@ -158,7 +160,7 @@ class Sequential:
         table = [header] + rows
         widths = [max(len(r[c]) for r in table) for c in range(len(header))]
         lines = [
-            f"Sequential on {self.backend!r}, {self.dtype}",
+            f"Sequential on {self.backend!r}, {_precision.describe(self.dtype, self.precision)}",
             *("  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in table),
             f"Total params: {total_w + total_b:,} ({total_w:,} weights + {total_b:,} biases)",
         ]
@@ -169,6 +171,7 @@ class Sequential:
         """Move parameters and optimizer state to another backend or device, in memory."""
         dst = backends.get(spec, device=device)
         dst.ensure_dtype(self.dtype)
+        _precision.get(self.precision).check(dst, self.dtype)  # before anything moves
         src = self.backend
         self.params = tree_map(lambda a: transfer(a, src, dst), self.params)
         self.opt_state = tree_map(lambda a: transfer(a, src, dst), self.opt_state)
@@ -181,7 +184,7 @@ class Sequential:
         """Run every layer on a checked device array ``x`` with ``params``; return
         the output and ``backward(dout) -> grads`` (shaped like ``params``).
         ``masks``: one per layer that draws one in training (see ``mlp.training.draw_masks``)."""
-        xp = self.backend.xp
+        xp = _precision.get(self.precision).namespace(self.backend)  # matmul under the policy
         backs = []
         masks = iter(masks)
         for layer, p in zip(self.layers, params):

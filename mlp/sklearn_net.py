@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import numbers
 
+from . import precision as _precision
 from . import losses as _losses
 from .layers import Identity, Linear, ReLU, Sigmoid, Tanh
 
@@ -92,6 +93,7 @@ def check_params(est):
         raise ValueError(f"validation_fraction must be in (0, 1), got {est.validation_fraction!r}")
     if not 0.0 <= est.momentum < 1.0:
         raise ValueError(f"momentum must be in [0, 1), got {est.momentum!r}")
+    _precision.get(est.precision)  # an unknown name is a PrecisionError (a ValueError) here
     if est.dtype not in (None, "float32", "float64"):
         raise ValueError(f"dtype must be None, 'float32' or 'float64', got {est.dtype!r}")
     return sizes

@@ -12,21 +12,8 @@ import array_api_compat
 import numpy as np
 
 from . import losses as _losses
-from .errors import DataError, DeviceMismatch, fmt_shape, ShapeError
-
-
-def where(x):
-    """'a jax array on cpu:0': the library and device of a non-NumPy array, for messages."""
-    for name in ("torch", "jax", "cupy", "array_api_strict", "dask", "ndonnx"):
-        test = getattr(array_api_compat, f"is_{name}_array", None) or getattr(array_api_compat, f"is_{name}_obj", None)
-        if test is not None and test(x):
-            break
-    else:
-        name = type(x).__module__.split(".")[0]
-    device = str(array_api_compat.device(x))
-    if device.startswith("array_api_strict.Device("):
-        device = device[len("array_api_strict.Device("):-1].strip("'")
-    return f"{'an' if name[0] in 'aeiou' else 'a'} {name} array on {device}"
+from .errors import DataError, fmt_shape, ShapeError
+from .interop import from_foreign
 
 
 def foreign_namespace(x):
@@ -43,13 +30,8 @@ def as_input(model, x, name="x"):
     """``x`` as a ``[B x D]`` array of the model's dtype on its device."""
     backend = model.backend
     foreign = foreign_namespace(x)
-    if foreign is not None and not isinstance(x, np.ndarray):
-        if backend.owns(x):
-            return _check_device_input(model, x, name)
-        raise DeviceMismatch(
-            f"{name} is {where(x)}, but the model lives on {backend!r}; pass host (NumPy) "
-            f"data, convert {name} yourself, or move the model with model.to(...)"
-        )
+    if foreign is not None and not isinstance(x, np.ndarray):  # DLPack, or a DeviceMismatch
+        return _check_device_input(model, from_foreign(x, backend, name), name)
     try:
         host = np.asarray(x)
     except Exception as err:
@@ -113,12 +95,7 @@ def as_target(model, y, loss=None, n=None):
     backend = model.backend
     loss = model.loss if loss is None else _losses.get(loss)
     if foreign_namespace(y) is not None and not isinstance(y, np.ndarray):
-        if not backend.owns(y):
-            raise DeviceMismatch(
-                f"y is {where(y)}, but the model lives on {backend!r}; pass host (NumPy) "
-                f"labels, convert y yourself, or move the model with model.to(...)"
-            )
-        y = backend.to_numpy(y)  # validated on the host below, once
+        y = backend.to_numpy(from_foreign(y, backend, "y"))  # validated on the host below, once
     host = _losses.check_targets(loss, y, model.output_width)
     if n is not None and host.shape[0] != n:
         raise ShapeError(f"x has {n} rows but y has {host.shape[0]}: they must match")

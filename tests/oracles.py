@@ -256,3 +256,34 @@ def jax_model_grads(layers, params, x, y, loss, masks=()):
     grads = [{k: np.asarray(v) for k, v in g.items()} for g in grads]
     return float(value), grads, np.asarray(dx)
 
+
+
+def torch_train(layers, params, batches, loss, opt, masks=(), keep=()):
+    """A float64 training loop with PyTorch's functional layers, ``torch.autograd``
+    and ``torch.optim`` (``clip_norm`` through ``torch.nn.utils.clip_grad_norm_``).
+
+    ``batches`` is one ``(x, y)`` per step; ``masks`` one list of dropout masks
+    per step (or nothing). Returns the loss of every step (before its update)
+    and ``{step: params after that step}`` for the steps in ``keep`` and the
+    last one, as float64 NumPy arrays shaped like ``params``."""
+    torch = _torch()
+    tp = [{k: _t(v, True) for k, v in p.items()} for p in params]
+    flat = [v for p in tp for v in p.values()]
+    topt = torch_optimizer(opt, flat)
+    keep = set(keep) | {len(batches)}
+    losses, snapshots = [], {}
+    for i, (x, y) in enumerate(batches):
+        step_masks = iter([_t(m) for m in (masks[i] if len(masks) else ())])
+        h = _t(x)
+        for layer, p in zip(layers, tp):
+            h = torch_layer(layer, p, h, next(step_masks, None) if isinstance(layer, mlp.Dropout) else None)
+        value = torch_loss(loss, h, _t(y))
+        topt.zero_grad()
+        value.backward()
+        if opt.clip_norm is not None:
+            torch.nn.utils.clip_grad_norm_(flat, opt.clip_norm)
+        topt.step()
+        losses.append(float(value.detach()))
+        if i + 1 in keep:
+            snapshots[i + 1] = [{k: v.detach().numpy().copy() for k, v in p.items()} for p in tp]
+    return np.array(losses), snapshots

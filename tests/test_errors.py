@@ -176,17 +176,10 @@ def _():
 
 
 # -- devices ------------------------------------------------------------------------------
-@case("torch-to-numpy", "a torch tensor to a NumPy model")
+@case("x-torch-grad", "a torch tensor that requires grad, to `predict`")
 def _():
     torch = pytest.importorskip("torch")
-    small().predict(torch.zeros(2, 4))
-
-
-@case("jax-to-torch", "a JAX array to a torch model")
-def _():
-    jnp = pytest.importorskip("jax.numpy")
-    pytest.importorskip("torch")
-    small(backend="torch").predict(jnp.zeros((2, 4)))
+    small().predict(torch.zeros(2, 4, requires_grad=True))
 
 
 @case("device2-to-device1", "an array_api_strict array on device2 to a model on device1")
@@ -195,10 +188,28 @@ def _():
     small(backend="array_api_strict:device1").predict(xps.asarray(X4, device=xps.Device("device2")))
 
 
-@case("torch-labels", "torch labels to a NumPy model")
+@case("y-device2", "array_api_strict labels on device2 to a model on device1")
 def _():
-    torch = pytest.importorskip("torch")
-    small().fit(X4, torch.zeros(12, dtype=torch.int64))
+    xps = pytest.importorskip("array_api_strict")
+    small(backend="array_api_strict:device1").fit(X4, xps.asarray(Y4, device=xps.Device("device2")))
+
+
+@case("state-dict-layout", "`load_state_dict` with a `[4 x 8]` weight (mlp's layout) for `Linear(4 -> 8)`")
+def _():
+    model = small()
+    sd = model.state_dict(format="numpy")
+    model.load_state_dict({**sd, "0.weight": sd["0.weight"].T})
+
+
+@case("onnx-layer", "`export_onnx` of a model whose layer divides by `x.shape[0]`")
+def _():
+    pytest.importorskip("ndonnx")
+
+    class PerRow(mlp.Layer):
+        def forward(self, xp, params, x, train=False, mask=None):
+            return x / x.shape[0], None
+
+    mlp.Sequential(Linear(4, 8), PerRow(), Linear(8, 3)).export_onnx("m.onnx")
 
 
 # -- training -----------------------------------------------------------------------------
@@ -466,6 +477,33 @@ def _():
     return _cli_oom()
 
 
+# -- precision policies (mlp.precision, docs/precision.md) -----------------------------------
+@case("precision-backend", "`MLP([4, 8, 3], precision=\"bf16\")` on NumPy")
+def _():
+    small(precision="bf16")
+
+
+@case("precision-dtype", "`precision=\"bf16\"` with `dtype=\"float64\"`")
+def _():
+    small(precision="bf16", dtype="float64", backend="jax")
+
+
+@case("precision-name", "`precision=\"fp8\"`")
+def _():
+    small(precision="fp8")
+
+
+@case("precision-checkpoint", "a bf16 checkpoint loaded on NumPy without `precision=\"float32\"`")
+def _():
+    checkpoint.save(small(precision="bf16", backend="torch"), "bf16.safetensors")
+    checkpoint.load("bf16.safetensors", backend="numpy")
+
+
+@case("cli-precision", "`mlp train --precision bf16 --backend numpy`")
+def _():
+    return _cli("train", "--precision", "bf16", "--backend", "numpy")
+
+
 # -- running the cases ------------------------------------------------------------------------
 def run_case(name):
     """``(error type or 'exit N', message)`` of one case."""
@@ -512,11 +550,11 @@ def test_docs_table(name, tmp_path, monkeypatch):
     assert _matches(doc_message, message), f"\ndocs:   {doc_message}\nactual: {message}"
     if not kind.startswith("exit"):  # only our documented errors (and ValueError for bad arguments)
         assert kind in ("ShapeError", "DataError", "DeviceMismatch", "TrainingDiverged", "OutOfMemory",
-                        "CheckpointError", "ValueError"), kind
+                        "CheckpointError", "PrecisionError", "ExportError", "ValueError"), kind
 
 
 # -- before any training --------------------------------------------------------------------
-FIT_CASES = [n for n in CASES if n.startswith(("x-", "y-", "val-", "torch-labels", "batch"))]
+FIT_CASES = [n for n in CASES if n.startswith(("x-", "y-", "val-", "batch"))]
 
 
 @pytest.mark.parametrize("name", FIT_CASES)
@@ -541,7 +579,8 @@ def test_bad_data_changes_nothing(name, monkeypatch):
 
 # -- the matrix -------------------------------------------------------------------------------
 def _foreign(cell, host):
-    """``host`` as an array of another library or device than ``cell``'s."""
+    """``host`` as an array of another library (on the host), or of ``cell``'s library on
+    another device (array_api_strict); the second item says which."""
     if cell.name == "array_api_strict":
         import array_api_strict as xps
 
@@ -555,16 +594,23 @@ def _foreign(cell, host):
 
 
 def test_foreign_and_device_arrays(cell):
-    """On every cell: arrays of another library or device are refused naming both sides;
-    the model's own device arrays get the same checks as host data."""
+    """On every cell: arrays of the model's library on another device are refused naming
+    both sides; arrays of another library are taken through DLPack (docs/interop.md); the
+    model's own device arrays get the same checks as host data."""
     model = mlp.MLP([4, 8, 3], backend=cell.spec, dtype=cell.dtype)
     foreign, name = _foreign(cell, X4.astype(cell.dtype))
-    for call in (lambda: model.predict(foreign), lambda: model.fit(foreign, Y4),
-                 lambda: model.evaluate(X4, _foreign(cell, Y4.astype("int32"))[0])):
-        with pytest.raises(DeviceMismatch) as info:
-            call()
-        text = str(info.value)
-        assert name in text and cell.backend.name in text and cell.backend.device_name in text, text
+    labels = _foreign(cell, Y4.astype("int32"))[0]
+    calls = (lambda: model.predict(foreign), lambda: model.fit(foreign, Y4),
+             lambda: model.evaluate(X4, labels))
+    if cell.name == "array_api_strict":  # the same library on another device
+        for call in calls:
+            with pytest.raises(DeviceMismatch) as info:
+                call()
+            text = str(info.value)
+            assert name in text and cell.backend.name in text and cell.backend.device_name in text, text
+    else:  # another library, on the host
+        assert np.array_equal(cell.to_numpy(model.predict(foreign)), cell.to_numpy(model.predict(X4)))
+        assert model.evaluate(X4, labels) == model.evaluate(X4, Y4)
     b = cell.backend
     own = b.asarray(X4.astype(cell.dtype), cell.dtype)
     assert model.predict(own).shape == (12,)  # the model's own arrays need no copy
@@ -574,6 +620,9 @@ def test_foreign_and_device_arrays(cell):
         model.fit(b.asarray(bad, cell.dtype), Y4)
     with pytest.raises(ShapeError, match=r"expects \[B x 4\], got x \[12 x 3\]"):
         model.predict(b.asarray(X4[:, :3].astype(cell.dtype), cell.dtype))
+    if cell.name != "array_api_strict":  # the same checks on another library's arrays
+        with pytest.raises(DataError, match="first is in row 5"):
+            model.fit(_foreign(cell, bad)[0], Y4)
     assert model.epoch == 0
 
 

@@ -1,4 +1,4 @@
-"""The ``mlp`` command: ``train``, ``evaluate``, ``predict``, ``summary``, ``backends``.
+"""The ``mlp`` command: ``train``, ``evaluate``, ``predict``, ``export``, ``summary``, ``backends``.
 
     mlp train                                   # digits, NumPy on the CPU, a progress bar
     mlp train --device gpu --save run.safetensors
@@ -22,12 +22,13 @@ from .. import backends
 
 from ..errors import is_out_of_memory, MLPError
 from .commands import evaluate, list_backends, predict, summary
+from .export import export
 from .parser import build_parser, CLIError, Interrupted
 from .train import train
 
 __all__ = ["main", "build_parser", "COMMANDS", "CLIError", "Interrupted"]
 
-COMMANDS = {"train": train, "evaluate": evaluate, "predict": predict, "summary": summary,
+COMMANDS = {"train": train, "evaluate": evaluate, "predict": predict, "export": export, "summary": summary,
             "backends": list_backends}
 
 

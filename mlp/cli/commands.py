@@ -9,12 +9,13 @@ import numpy as np
 from .. import backends
 
 from .. import checkpoint, datasets
+from .. import precision as _precision
 from ..model import MLP
 from .common import arch, backend_of, dataset_of, opt_text, say
 from .parser import CLIError, DEFAULTS, SPLIT_SEED
 
 def evaluate(args):
-    model, meta = checkpoint.load(args.checkpoint, backend=backend_of(args))
+    model, meta = checkpoint.load(args.checkpoint, backend=backend_of(args), precision=args.precision)
     data = dataset_of(meta, args)
     if model.input_width != data.n_features:
         raise CLIError(f"the checkpoint's model takes {model.input_width} features, {data.name} has {data.n_features}")
@@ -27,12 +28,13 @@ def evaluate(args):
     classes = list(data.classes) + [str(i) for i in range(len(data.classes), k)]
     out = {"checkpoint": args.checkpoint, "dataset": data.name, "split": args.split, "n": int(len(y)),
            "correct": int(np.trace(confusion)), "accuracy": result.get("accuracy"), "loss": result["loss"],
-           "epoch": model.epoch, "backend": model.backend.spec, "classes": classes,
+           "epoch": model.epoch, "backend": model.backend.spec, "precision": model.precision, "classes": classes,
            "confusion": confusion.tolist()}
     if args.json:
         print(json.dumps(out))
         return 0
-    print(f"{args.checkpoint}: {arch(model)}, epoch {model.epoch}, {model.dtype}, on {model.backend.spec}")
+    numerics = _precision.describe(model.dtype, model.precision)
+    print(f"{args.checkpoint}: {arch(model)}, epoch {model.epoch}, {numerics}, on {model.backend.spec}")
     print(f"{data.name} {args.split}: accuracy {out['accuracy']:.2%} ({out['correct']}/{out['n']}), "
           f"loss {out['loss']:.4f}")
     print("confusion matrix (rows: true class, columns: predicted):")
@@ -79,7 +81,7 @@ def read_rows(path):
 
 
 def predict(args):
-    model, meta = checkpoint.load(args.checkpoint, backend=backend_of(args))
+    model, meta = checkpoint.load(args.checkpoint, backend=backend_of(args), precision=args.precision)
     x = read_rows(args.input)
     if x.shape[1] != model.input_width:
         raise CLIError(f"{args.input} has rows of {x.shape[1]} values; the model takes {model.input_width} "

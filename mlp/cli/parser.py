@@ -5,6 +5,7 @@ import argparse
 
 from .. import __version__
 from ..layers import ACTIVATIONS
+from ..precision import POLICIES
 
 DEFAULTS = {
     "dataset": "digits", "hidden": [128, 64], "activation": "relu", "dropout": 0.0,
@@ -60,6 +61,9 @@ def backend_flags(p):
     p.add_argument("--backend", default=None,
                    help="numpy, jax, torch, cupy, array_api_strict, ... (default: MLP_BACKEND, else numpy)")
     p.add_argument("--device", default=None, help="cpu, gpu or gpu:N (default: the backend's own)")
+    p.add_argument("--precision", choices=tuple(POLICIES), default=None,
+                   help="matrix products in float32, tf32 or bf16 (default: float32, or the checkpoint's; "
+                        "see docs/precision.md)")
 
 
 def data_flags(p, dataset_default=None):
@@ -132,6 +136,14 @@ def other_commands(sub):
     p.add_argument("--scaled", action="store_true", help="INPUT is already scaled to [0, 1]")
     p.add_argument("--output", default=None, metavar="PATH", help="write predictions to PATH (.csv or .npy)")
     p.add_argument("--json", action="store_true")
+
+    x = sub.add_parser("export", help="write a checkpoint's inference graph as an ONNX file",
+                       description="Export a checkpoint to ONNX (needs the onnx extra): input x [batch x D] in "
+                                   "the units of the training data (--scaled: already in [0, 1]); outputs "
+                                   "logits, probabilities and labels.")
+    x.add_argument("checkpoint")
+    x.add_argument("output", metavar="OUT.onnx")
+    x.add_argument("--scaled", action="store_true", help="the graph takes inputs already scaled to [0, 1]")
 
     s = sub.add_parser("summary", help="shape flow and parameter count of a model",
                        description="Print a model's layers, shapes and parameter count.")

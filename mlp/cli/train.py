@@ -7,6 +7,7 @@ from types import SimpleNamespace
 
 from .. import checkpoint, datasets
 from .. import optimizers as _optimizers
+from .. import precision as _precision
 from ..callbacks import CheckpointWriter, EarlyStopping, ProgressBar
 from ..errors import TrainingDiverged
 from ..model import MLP
@@ -35,9 +36,12 @@ def settings(args):
         except ImportError:
             raise CLIError("--plot needs matplotlib, which is not installed: pip install 'arraymlp[plot]'") from None
     run = SimpleNamespace(args=args, backend=backend_of(args), meta=None, model=None)
+    if args.precision and not args.resume:  # before any data is read
+        _precision.get(args.precision).check(run.backend, args.dtype or DEFAULTS["dtype"])
     if args.resume:
-        run.model, run.meta = checkpoint.load(args.resume, backend=run.backend)
+        run.model, run.meta = checkpoint.load(args.resume, backend=run.backend, precision=args.precision)
     run.settings = s = settings_of(args, run.meta)
+    s["precision"] = run.model.precision if run.meta is not None else (args.precision or "float32")
     model = run.model
     if run.meta is not None and "train" not in run.meta["extra"]:  # saved from Python: describe the model
         s.update(hidden=hidden_widths(model), dtype=model.dtype, seed=model.seed,
@@ -64,7 +68,7 @@ def build_model(run):
     s, data = run.settings, run.data
     if run.meta is None:
         run.model = MLP([data.n_features, *s["hidden"], data.n_classes], s["activation"], dropout=s["dropout"],
-                        backend=run.backend, seed=s["seed"], dtype=s["dtype"])
+                        backend=run.backend, seed=s["seed"], dtype=s["dtype"], precision=s["precision"])
         kwargs = {k: s[k] for k in ("lr", "weight_decay") if s[k] is not None}
         run.model.set_optimizer(_optimizers.get(s["optimizer"], **kwargs))
     elif (run.model.input_width, run.model.output_width) != (data.n_features, data.n_classes):
@@ -81,7 +85,7 @@ def make_callbacks(run):
     say(args, f"mlp: {'resuming' if run.meta else 'training'} {arch(model)} ({activation_name(model)}) on "
               f"{data.name}: {len(run.y):,} train / {len(data.y_test):,} test{validation}; "
               f"{opt_text(model.optimizer)}, batch {bs}, epochs {model.epoch + 1}..{last}; "
-              f"{model.backend.spec}, {model.dtype}")
+              f"{model.backend.spec}, {_precision.describe(model.dtype, model.precision)}")
     run.extra = {"train": run.settings, "dataset": dataset_info(data)}
     run.progress = ProgressBar(len(run.y), bs, last, disable=args.quiet)
     resumed_into_itself = run.meta is not None and run.save == args.resume
@@ -129,7 +133,8 @@ def report(run):
     stopped = bool(run.stopper and run.stopper.stopped_at)
     result = {
         "dataset": data.name, "architecture": arch(model), "backend": model.backend.spec,
-        "dtype": model.dtype, "epochs": model.epoch, "epochs_run": ran, "stopped_early": stopped,
+        "dtype": model.dtype, "precision": model.precision, "epochs": model.epoch, "epochs_run": ran,
+        "stopped_early": stopped,
         "train_loss": history.get("loss", [None])[-1] if history else None,
         "train_accuracy": history.get("accuracy", [None])[-1] if history else None,
         "test_loss": test["loss"], "test_accuracy": test.get("accuracy"),
@@ -141,7 +146,8 @@ def report(run):
     stop = f" (early stop at epoch {run.stopper.stopped_at})" if stopped else ""
     say(args, f"test accuracy {test.get('accuracy', float('nan')):.2%} (loss {test['loss']:.4f}) after "
               f"{model.epoch} epochs{stop} in {wall:.1f} s ({speed:,.0f} samples/s) on "
-              f"{model.backend.spec}, {model.dtype}{'; saved ' + save if save else ''}")
+              f"{model.backend.spec}, {_precision.describe(model.dtype, model.precision)}"
+              f"{'; saved ' + save if save else ''}")
     if args.json:
         print(json.dumps(result))
     return 0

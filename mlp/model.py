@@ -450,7 +450,8 @@ class Sequential:
         optimizer = optimizer if optimizer is not None else self.optimizer
         if not _flat.supported(optimizer, self.opt_state):
             return None
-        return _flat.Run(self.params, optimizer, self.backend.xp, host_counts=not self.backend.compiles)
+        return _flat.Run(self.params, optimizer, self.backend.xp, host_counts=not self.backend.compiles,
+                         kernels=self.backend.kernels)
 
     def _step_fn(self, loss, optimizer, inplace=False):
         xp = self.backend.xp

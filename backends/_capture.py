@@ -19,7 +19,7 @@ import warnings
 
 import numpy as np
 
-from ._base import _leaves, _map
+from ._base import _map
 
 #: (rtol, atol) by dtype for the check of the first replay against an eager step
 TOLERANCES = {"float16": (1e-2, 1e-3), "bfloat16": (1e-2, 1e-2), "float32": (1e-4, 1e-5),
@@ -77,7 +77,7 @@ def capture(step, args, api, *, carry=2, warmup=3):
     them. ``args`` themselves are never written: warm-up runs on clones. A failure to
     capture returns the plain step after one :class:`CaptureWarning`."""
     args = tuple(args)
-    _check_leaves(args, api)
+    _check_arrays(args, api)
     try:
         static = _map(api.clone, args)
         graph, outputs = _record(step, static, api, carry, warmup)
@@ -87,9 +87,9 @@ def capture(step, args, api, *, carry=2, warmup=3):
     return Replay(step, api, static, graph, outputs, carry)
 
 
-def _check_leaves(args, api):
+def _check_arrays(args, api):
     for i, arg in enumerate(args):
-        for leaf in _leaves(arg):
+        for leaf in _flat(arg):
             if not api.is_array(leaf):
                 raise ValueError(
                     f"argument {i} of the step to capture holds {type(leaf).__name__} {leaf!r}; "
@@ -118,7 +118,7 @@ def _record(step, static, api, carry, warmup):
 
 
 def _pairs(outputs, buffers):
-    got, want = _leaves(outputs), _leaves(buffers)
+    got, want = _flat(outputs), _flat(buffers)
     shapes = [tuple(a.shape) for a in got], [tuple(a.shape) for a in want]
     if shapes[0] != shapes[1]:
         raise ValueError(f"the step's carried results have shapes {shapes[0]}, its arguments {shapes[1]}")
@@ -135,14 +135,14 @@ class Replay:
     def __init__(self, step, api, static, graph, outputs, carry):
         self.step, self.api, self.static, self.graph = step, api, static, graph
         self.outputs, self.carry = outputs, carry
-        self.buffers = _leaves(static)
+        self.buffers = _flat(static)
         self.signature = _signature(static)
         self.checked, self.eager = False, False
 
     def __call__(self, *args):
         if self.eager or _signature(args) != self.signature:
             return self.step(*args)
-        for src, buf in zip(_leaves(args), self.buffers):
+        for src, buf in zip(_flat(args), self.buffers):
             if src is not buf:
                 self.api.copy_into(buf, src)
         if not self.checked:
@@ -174,12 +174,12 @@ class Replay:
 def _signature(args):
     """The shapes and dtypes of the arrays in ``args``, argument by argument."""
     return tuple(tuple((tuple(getattr(x, "shape", ())), str(getattr(x, "dtype", type(x))))
-                       for x in _leaves(a)) for a in args)
+                       for x in _flat(a)) for a in args)
 
 
 def _difference(api, got, want):
     """Why ``got`` (a replay's results) differs from ``want`` (the plain step's), or ''."""
-    got, want = _leaves(got), _leaves(want)
+    got, want = _flat(got), _flat(want)
     if len(got) != len(want):
         return f"returned {len(got)} arrays where the plain step returns {len(want)}"
     for i, (g, w) in enumerate(zip(got, want)):
@@ -190,6 +190,16 @@ def _difference(api, got, want):
             return (f"differs from the plain step in result array {i} ({w.dtype} {list(w.shape)}: "
                     f"max abs difference {err}, tolerance rtol={rtol}, atol={atol})")
     return ""
+
+
+def _flat(tree):
+    """The arrays of ``tree`` in a fixed order (dicts by sorted key, as ``mlp.tree.leaves``):
+    a state dict whose keys come back in another order pairs up all the same."""
+    if isinstance(tree, dict):
+        return [leaf for k in sorted(tree) for leaf in _flat(tree[k])]
+    if isinstance(tree, (list, tuple)):
+        return [leaf for t in tree for leaf in _flat(t)]
+    return [] if tree is None else [tree]
 
 
 def _warn(why):

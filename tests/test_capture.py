@@ -145,6 +145,25 @@ def test_replay_gives_the_eager_steps(cell, inplace):
     assert (api.records, api.replays) == (1, len(batches))
 
 
+def test_state_keys_in_another_order_pair_up_by_name(cell):
+    """A step (not in place) that returns its state dict with the keys in another
+    order: each array still goes to its own buffer (m to m, v to v)."""
+    mutable(cell)
+    plain, P, S, batches = setup(cell, inplace=False)
+
+    def step(*args):
+        P, S, value, correct = plain(*args)
+        return P, dict(reversed(list(S.items()))), value, correct
+
+    want = eager_run(cell, plain, P, S, batches)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", CaptureWarning)
+        replay = capture(step, (P, S) + batches[0], FakeGraphs(cell.backend))
+        for k, (x, y, masks) in enumerate(batches):
+            P, S, value, correct = replay(P, S, x, y, masks)
+            assert_same(cell, (P, S, value, correct), want[k], f"step {k + 1}, state keys reversed")
+
+
 def test_replay_keeps_the_losses_a_caller_holds(cell):
     mutable(cell)
     step, P, S, batches = setup(cell)

@@ -117,7 +117,7 @@ def step_flops(sizes, batch):
 ABLATIONS = {  # --ablate NAME: undo one of mlp's speed-ups, to measure what it brings
     "no-fuse": "JAX: one call per step instead of one call per epoch (Backend.fuse_steps=False)",
     "no-inplace": "NumPy: allocate new parameter/optimizer arrays every step (Backend.inplace=False)",
-    "relu-where": "ReLU through xp.where (as before) instead of maximum and a 0/1 multiplier",
+    "relu-where": "ReLU through xp.where (as before) instead of clip and a 0/1 multiplier",
 }
 
 

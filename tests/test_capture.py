@@ -301,11 +301,20 @@ def host_reads(torch):
                 found.append("Tensor.to(device): a copy between devices")
             return func(*args, **kwargs)
 
+    def masked(indices):
+        return any(isinstance(i, torch.Tensor) and i.dtype == torch.bool for i in indices or ())
+
     class Dispatch(TorchDispatchMode):
         def __torch_dispatch__(self, func, types, args=(), kwargs=None):
             name = str(func.overloadpacket)
             if name in waits:
                 found.append(f"{name}: waits for the device")
+            # x[mask] counts the mask's elements on the host; x[mask] = v too, unless v is
+            # one value (ATen then calls masked_fill_, as compat's sign does for NaNs)
+            elif name == "aten.index" and masked(args[1]):
+                found.append("x[boolean mask]: waits for the device")
+            elif name in ("aten.index_put", "aten.index_put_") and masked(args[1]) and args[2].numel() != 1:
+                found.append("x[boolean mask] = array: waits for the device")
             return func(*args, **(kwargs or {}))
 
     return Functions(), Dispatch(), found
@@ -361,7 +370,9 @@ def test_the_watch_sees_a_host_copy(cell):
     with functions, dispatch:
         cell.backend.xp.maximum(x, 0.0)
         float(x[0])
+        x[x > 0]
     assert any("from host data" in f for f in found) and any("read to the host" in f for f in found), found
+    assert any("x[boolean mask]" in f for f in found), found
 
 
 # -- fused kernels (Backend.kernels) -------------------------------------------------

@@ -30,6 +30,7 @@ class NumpyKernels(Kernels):
 
 class NumpyBackend(Backend):
     inplace = True
+    kernels = NumpyKernels()  # Adam's flat update with one temporary (same bits)
 
     def to_numpy(self, x):
         return np.asarray(x)

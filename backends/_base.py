@@ -46,6 +46,10 @@ class Backend:
     #: the optimizer's ``step``.
     kernels = None
 
+    #: The precision policies (``mlp.precision``) this backend runs on its device:
+    #: "float32" everywhere; "bf16" and "tf32" where a backend module says so.
+    precisions = ("float32",)
+
     def __init__(self, name, xp, device, *, version="", library=None, device_name=None):
         self.name = name
         self.xp = xp
@@ -113,6 +117,21 @@ class Backend:
                 f"{self!r} does not support {name}; it supports {', '.join(self.float_dtypes)}"
             )
         return self.dtype(name)
+
+    # -- precision ----------------------------------------------------------
+    def matmul(self, a, b, precision="float32"):
+        """``a @ b`` of two float32 arrays under a precision policy, as float32.
+
+        "float32" is ``xp.matmul``. A backend that lists "bf16" or "tf32" in
+        :attr:`precisions` overrides this for them: "bf16" rounds both inputs to
+        bfloat16 and multiplies with float32 accumulation; "tf32" multiplies in
+        TensorFloat-32 for this product alone (never by a process-wide switch
+        left on). See docs/precision.md."""
+        if precision != "float32":
+            raise BackendUnavailable(
+                f"{self!r} has no {precision} matrix products; it runs {', '.join(self.precisions)}"
+            )
+        return self.xp.matmul(a, b)
 
     # -- host <-> device ----------------------------------------------------
     def asarray(self, obj, dtype=None):

@@ -31,6 +31,24 @@ class JaxBackend(Backend):
             enable_x64(self.library)
         return super().ensure_dtype(name)
 
+    @property
+    def precisions(self):
+        # bfloat16 products on every platform (XLA's CPU emulates them); TF32 only
+        # on NVIDIA GPUs that have it (Ampere, compute capability 8.0, and newer).
+        if self.device.platform == "gpu" and _capability(self.device) >= 8.0:
+            return ("float32", "tf32", "bf16")
+        return ("float32", "bf16")
+
+    def matmul(self, a, b, precision="float32"):
+        jnp = self.xp  # jax.numpy (a counting twin of it under mlp.opcount)
+        if precision == "bf16":  # bfloat16 inputs, float32 accumulation and result
+            return jnp.matmul(jnp.astype(a, jnp.bfloat16), jnp.astype(b, jnp.bfloat16),
+                              preferred_element_type=a.dtype)
+        if precision == "tf32" and "tf32" in self.precisions:
+            # per product: overrides jit's default_matmul_precision("highest") for this dot only
+            return jnp.matmul(a, b, precision=self.library.lax.DotAlgorithmPreset.TF32_TF32_F32)
+        return super().matmul(a, b, precision)
+
     def asarray(self, obj, dtype=None):
         host = np.asarray(obj)
         if dtype is not None:
@@ -174,6 +192,14 @@ class DataParallel:
             return self.jax.device_put(x, self.home)
 
         return self.jax.tree.map(local, tree)
+
+
+def _capability(device):
+    """A GPU's CUDA compute capability as a number (9.0 for an H100/H200); 0 when unknown."""
+    try:
+        return float(getattr(device, "compute_capability", 0) or 0)
+    except (TypeError, ValueError):
+        return 0.0
 
 
 def enable_x64(jax):

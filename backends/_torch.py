@@ -9,6 +9,23 @@ EXTRA = "torch"
 
 
 class TorchBackend(Backend):
+    @property
+    def precisions(self):
+        # bfloat16 products on the CPU and CUDA; TF32 on CUDA GPUs that have it (Ampere and newer)
+        if self.device.type == "cuda" and self.library.cuda.get_device_capability(self.device) >= (8, 0):
+            return ("float32", "tf32", "bf16")
+        return ("float32", "bf16")
+
+    def matmul(self, a, b, precision="float32"):
+        xp = self.xp  # through the namespace, so that mlp.opcount counts the casts too
+        if precision == "bf16":  # bfloat16 inputs, float32 accumulation; the result is rounded to bfloat16
+            bf16 = self.library.bfloat16
+            return xp.astype(xp.matmul(xp.astype(a, bf16), xp.astype(b, bf16)), a.dtype)
+        if precision == "tf32" and "tf32" in self.precisions:
+            with _tf32(self.library):
+                return xp.matmul(a, b)
+        return super().matmul(a, b, precision)
+
     def asarray(self, obj, dtype=None):
         host = np.asarray(obj)
         if not host.flags.writeable:  # torch warns on sharing read-only memory (memmaps)
@@ -70,6 +87,27 @@ class CudaGraphs:
 
     def to_host(self, a):
         return a.detach().cpu().numpy()
+
+
+@contextlib.contextmanager
+def _tf32(torch):
+    """TF32 for the CUDA matrix products launched inside, and the process's own
+    setting back afterwards. PyTorch's switch is process-wide: another thread that
+    launches a float32 product meanwhile would get TF32 too (docs/precision.md)."""
+    flags = torch.backends.cuda.matmul
+    new_api = hasattr(flags, "fp32_precision")
+    before = flags.fp32_precision if new_api else flags.allow_tf32
+    try:
+        if new_api:
+            flags.fp32_precision = "tf32"
+        else:
+            flags.allow_tf32 = True
+        yield
+    finally:
+        if new_api:
+            flags.fp32_precision = before
+        else:
+            flags.allow_tf32 = before
 
 
 def load(device=None):

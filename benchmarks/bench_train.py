@@ -3,6 +3,7 @@
     python benchmarks/bench_train.py                 # CPU: both configs, 3 repeats
     python benchmarks/bench_train.py --device gpu    # CuPy, JAX-GPU, PyTorch CUDA
     python benchmarks/bench_train.py --quick         # fewer samples, 1 repeat
+    python benchmarks/bench_train.py --device gpu --configs huge --precision float32,tf32,bf16
 
 Every implementation trains the same MLP (784-128-10 or 784-1024-1024-10,
 ReLU, softmax cross-entropy, Adam lr=1e-3) on the same synthetic float32 data,
@@ -55,9 +56,24 @@ CONFIGS = {
     "small": dict(sizes=(784, 128, 10), batch=128, samples=60_000, steps_per_epoch=None, epochs=3),
     "large": dict(sizes=(784, 1024, 1024, 10), batch=512, samples=60_000, steps_per_epoch=16, epochs=3),
     "tiny": dict(sizes=(64, 32, 10), batch=64, samples=2_048, steps_per_epoch=None, epochs=2),
+    # for the GPU and its precision policies (issue 15): wide enough that matrix products dominate
+    "huge": dict(sizes=(784, 4096, 4096, 10), batch=4096, samples=60_000, steps_per_epoch=8, epochs=3),
 }
 QUICK = {"small": dict(samples=16_384, epochs=2), "large": dict(steps_per_epoch=4, epochs=2),
-         "tiny": dict(epochs=2)}
+         "tiny": dict(epochs=2), "huge": dict(steps_per_epoch=2, epochs=2)}
+
+# --precision: mlp rows under a mixed-precision policy (mlp.precision), for the
+# libraries that have one; a device without it shows the row as unavailable, with
+# mlp's own PrecisionError. Their loss agreement with the float32 anchor is held to
+# 8 unit roundoffs of the format for the first steps (docs/testing.md).
+PRECISIONS = ("float32", "tf32", "bf16")
+PRECISION_LIBRARIES = {"tf32": ("jax", "torch", "cupy"), "bf16": ("jax", "torch")}
+PRECISION_STEP_RTOL = {"tf32": 8 * 2.0 ** -10, "bf16": 8 * 2.0 ** -8}
+# Epoch means of a policy row are shown (how far the policy moves the curve) and
+# only checked for sanity: rounding each product perturbs every step by ~2^-8,
+# far more than float32 drift, and on the synthetic task (a noisy random teacher)
+# the trajectories then wander apart by several percent (docs/precision.md).
+PRECISION_EPOCH_RTOL = 0.15
 
 CPU_IMPLS = {  # label -> (kind, target)
     "mlp numpy": ("ours", "numpy"),
@@ -141,10 +157,23 @@ def ablate(model, names):
     return model
 
 
-def run_ours(task, spec, ablations=()):
+def with_precisions(impls, precisions):
+    """``impls`` plus a row "mlp jax bf16" (target "jax:cpu+bf16") for each mlp row
+    whose library has each precision policy other than float32."""
+    out = dict(impls)
+    for precision in precisions:
+        for label, (kind, target) in impls.items():
+            if precision != "float32" and kind == "ours" and target.split(":")[0] in PRECISION_LIBRARIES[precision]:
+                out[f"{label} {precision}"] = (kind, f"{target}+{precision}")
+    return out
+
+
+def run_ours(task, target, ablations=()):
     import mlp
 
-    model = ablate(mlp.MLP(list(task["sizes"]), backend=spec, seed=SEED), ablations)
+    spec, _, precision = target.partition("+")
+    model = ablate(mlp.MLP(list(task["sizes"]), backend=spec, seed=SEED, precision=precision or "float32"),
+                   ablations)
     start = time.perf_counter()
     history = model.fit(task["x"], task["y"], epochs=task["epochs"], batch_size=task["batch"],
                         optimizer=mlp.Adam(lr=LR, betas=BETAS, eps=EPS))
@@ -353,6 +382,7 @@ class PeakMemory:
     library's peak device allocation."""
 
     def __init__(self, kind, target):
+        target = target.partition("+")[0]  # "jax:gpu+bf16": the device is the spec's
         self.gpu = target in ("cupy", "gpu", "cuda") or target.endswith(("gpu", "cuda"))
         self.kind, self.target = kind, target
 
@@ -467,7 +497,7 @@ def environment(kind, target):
         ]
     except ImportError:
         info["blas"] = ["threadpoolctl not installed"]
-    lib = LIBRARY.get(kind) or (target.split(":")[0] if kind == "ours" else None)
+    lib = LIBRARY.get(kind) or (target.partition("+")[0].split(":")[0] if kind == "ours" else None)
     if lib in ("jax", "torch", "sklearn", "cupy"):
         module = __import__(lib)
         info[lib] = module.__version__
@@ -501,8 +531,11 @@ def worker(kind, target, config, quick):
         task = make_task(config, quick)
         if kind == "ours":
             import backends
+            import mlp.precision
 
-            backends.get(target)  # fail now, with the registry's reason, if missing
+            spec, _, precision = target.partition("+")
+            # fail now, with the registry's (or the precision policy's) reason, if missing
+            mlp.precision.get(precision or "float32").check(backends.get(spec))
         if kind != "ours" and LIBRARY[kind]:
             __import__(LIBRARY[kind])
         print(json.dumps({"ready": True, "env": environment(kind, target)}), file=out, flush=True)
@@ -627,8 +660,14 @@ def summarize(config, quick, raw, impls):
         row["epoch_rel_diff"] = max(abs(x - y) / abs(y) for x, y in zip(row["losses"], a["losses"]))
         pairs = list(zip(row["steps"], a["steps"]))
         row["step_rel_diff"] = max((abs(x - y) / abs(y) for x, y in pairs), default=None)
-        row["loss_agrees"] = row["epoch_rel_diff"] <= EPOCH_RTOL and (
-            row["step_rel_diff"] is None or row["step_rel_diff"] <= STEP_RTOL)
+        precision = impls[label][1].partition("+")[2]
+        epoch_rtol = PRECISION_EPOCH_RTOL if precision else EPOCH_RTOL
+        row["loss_agrees"] = row["epoch_rel_diff"] <= epoch_rtol and (
+            row["step_rel_diff"] is None or row["step_rel_diff"] <= PRECISION_STEP_RTOL.get(precision, STEP_RTOL))
+        base = label.rsplit(" ", 1)[0] if precision else None
+        if base in ok:  # the same backend in float32, round by round
+            row["precision"] = precision
+            row["vs_float32"] = paired(row["by_round"], ok[base]["by_round"])
         if best_ref:
             row["vs_best_ref"] = paired(row["by_round"], ok[best_ref]["by_round"])
             fastest = max(ok[k]["best_samples_per_s"] for k in ok if impls[k][0] != "ours")
@@ -682,6 +721,31 @@ def targets(results):
         return ""
     head = ["| config | target | median | status | best of repeats | status |",
             "| --- | --- | --- | --- | --- | --- |"]
+    return "\n".join([*head, *lines])
+
+
+PRECISION_TARGETS = {("huge", "tf32"): 4.0, ("huge", "bf16"): 6.0}  # GPU: x the float32 speed
+
+
+def precision_table(results):
+    """One line per precision row: its speed over the same backend's float32 row
+    (median of within-round ratios), how far it moves the loss, and the target
+    where the issue set one (the huge config on a GPU)."""
+    lines = []
+    for config, res in results.items():
+        for label, row in res["rows"].items():
+            if "vs_float32" not in row:
+                continue
+            target = PRECISION_TARGETS.get((config, row["precision"]))
+            met = "" if target is None or not res.get("gpu") else (
+                f"{target:.0f}x: {'met' if row['vs_float32'] >= target else 'NOT met'}")
+            steps = "" if row["step_rel_diff"] is None else f"{row['step_rel_diff']:.1e}"
+            lines.append(f"| {config} | {label} | {row['vs_float32']:.2f}x | {row['epoch_rel_diff']:.1e} | "
+                         f"{steps} | {'yes' if row['loss_agrees'] else 'NO'} | {met} |")
+    if not lines:
+        return ""
+    head = ["| config | implementation | x float32 | epoch losses vs anchor | first steps vs anchor | "
+            "agrees | target |", "| --- | --- | ---: | ---: | ---: | --- | --- |"]
     return "\n".join([*head, *lines])
 
 
@@ -759,6 +823,10 @@ def main(argv=None):
                         "(sets OMP/OPENBLAS/MKL_NUM_THREADS and XLA's CPU flags in the workers)")
     parser.add_argument("--ablate", default="", help="comma-separated speed-ups of mlp to undo, to "
                         "measure each: " + "; ".join(f"{k}: {v}" for k, v in ABLATIONS.items()))
+    parser.add_argument("--precision", default="float32",
+                        help="comma-separated precision policies of mlp's rows, from "
+                             f"{', '.join(PRECISIONS)} (e.g. float32,bf16): each adds rows such as "
+                             "'mlp jax bf16', compared with the same backend in float32")
     parser.add_argument("--json", help="also write the raw results here")
     parser.add_argument("--worker", nargs=3, metavar=("KIND", "TARGET", "CONFIG"), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -771,6 +839,11 @@ def main(argv=None):
         if unknown:
             parser.error(f"unknown implementation(s) {unknown}; expected some of {list(impls)}")
         impls = {k: v for k, v in impls.items() if k in wanted}
+    precisions = [p.strip() for p in args.precision.split(",") if p.strip()]
+    for p in precisions:
+        if p not in PRECISIONS:
+            parser.error(f"unknown precision {p!r}; expected some of {', '.join(PRECISIONS)}")
+    impls = with_precisions(impls, precisions)
     configs = [c.strip() for c in args.configs.split(",")]
     for c in configs:
         if c not in CONFIGS:
@@ -787,7 +860,7 @@ def main(argv=None):
     results = {}
     for config in configs:
         raw = bench_config(config, impls, args.device, args.quick, repeats, log, args.threads)
-        results[config] = summarize(config, args.quick, raw, impls)
+        results[config] = dict(summarize(config, args.quick, raw, impls), gpu=args.device == "gpu")
     load_after = os.getloadavg()[0]
     print(f"## Training throughput ({args.device})\n")
     if ablations:
@@ -798,6 +871,10 @@ def main(argv=None):
     goals = targets(results) if args.device == "cpu" else ""
     if goals:
         print("### Targets (issue 6)\n\n" + goals + "\n")
+    speedups = precision_table(results)
+    if speedups:
+        print("### Precision policies (issue 15): speed and loss against the same backend in float32\n\n"
+              + speedups + "\n")
     again = list(sys.argv[1:])  # the same options, but where to write the raw results
     if "--json" in again:
         del again[again.index("--json"):again.index("--json") + 2]

@@ -27,9 +27,11 @@ import numpy as np
 import backends
 
 from . import optimizers as _optimizers
+from . import precision as _precision
 from .errors import MLPError
 from .layers import from_config, Linear
 from .model import History, Sequential
+from .precision import PrecisionError
 
 FORMAT = "mlp.checkpoint"
 FORMAT_VERSION = 1
@@ -190,9 +192,13 @@ def _check_shapes(layers, tensors, path):
                                       f"{layer!r} needs {list(shape)}: the weights do not fit the architecture")
 
 
-def load(path, backend=None):
+def load(path, backend=None, precision=None):
     """The model saved at ``path`` on ``backend`` (any backend, whatever wrote it),
-    ready to train on, and the checkpoint's metadata as a dict."""
+    ready to train on, and the checkpoint's metadata as a dict.
+
+    ``precision`` (default: the one the checkpoint records) is the model's
+    precision policy; the weights are float32 whatever it is. A policy the
+    backend cannot run is a PrecisionError that says to pass precision="float32"."""
     tensors, meta = read(path)
     if not isinstance(backend, backends.Backend):
         backend = backends.get(backend)  # an unavailable backend is BackendUnavailable, not a bad file
@@ -201,10 +207,9 @@ def load(path, backend=None):
         layers = [from_config(c) for c in config["layers"]]
         _check_shapes(layers, tensors, path)
         model = Sequential(*layers, backend=backend, seed=config.get("seed", 0),
-                           dtype=config.get("dtype", "float32"), loss=config.get("loss", "cross_entropy"))
-    except backends.BackendUnavailable:
-        raise
-    except CheckpointError:
+                           dtype=config.get("dtype", "float32"), loss=config.get("loss", "cross_entropy"),
+                           precision=_precision_for(config, backend, precision, path))
+    except (backends.BackendUnavailable, CheckpointError, PrecisionError):
         raise
     except (KeyError, TypeError, ValueError, AttributeError) as err:
         raise CheckpointError(f"{path}: the architecture in the checkpoint is invalid: {err}") from err
@@ -228,6 +233,21 @@ def load(path, backend=None):
     except (KeyError, TypeError, ValueError, AttributeError, OverflowError) as err:
         raise CheckpointError(f"{path}: the checkpoint is damaged ({type(err).__name__}: {err})") from err
     return model, meta
+
+
+def _precision_for(config, backend, precision, path):
+    """The policy to load with: ``precision`` if given, else the recorded one,
+    which must run on ``backend`` (no silent fallback to float32)."""
+    if precision is not None:
+        return precision
+    saved = config.get("precision", "float32")
+    policy = _precision.get(saved)
+    if saved not in backend.precisions:
+        raise PrecisionError(
+            f"{path} was saved with precision {saved!r}, which {backend!r} does not run (it runs "
+            f"{', '.join(map(repr, backend.precisions))}); its float32 weights load anywhere with "
+            f"precision='float32' (CLI: --precision float32); {saved} runs on {policy.where}")
+    return saved
 
 
 def load_weights(model, path):

@@ -25,6 +25,7 @@ import backends
 
 from . import __version__, checkpoint, datasets
 from . import optimizers as _optimizers
+from . import precision as _precision
 from .errors import is_out_of_memory, MLPError, TrainingDiverged
 from .layers import ACTIVATIONS
 from .model import MLP, StopTraining
@@ -83,6 +84,9 @@ def _where(p):
     p.add_argument("--backend", default=None,
                    help="numpy, jax, torch, cupy, array_api_strict, ... (default: MLP_BACKEND, else numpy)")
     p.add_argument("--device", default=None, help="cpu, gpu or gpu:N (default: the backend's own)")
+    p.add_argument("--precision", choices=tuple(_precision.POLICIES), default=None,
+                   help="matrix products in float32, tf32 or bf16 (default: float32, or the checkpoint's; "
+                        "see docs/precision.md)")
 
 
 def _data_flags(p, dataset_default=None):
@@ -288,10 +292,13 @@ def _train(args):
         except ImportError:
             raise CLIError("--plot needs matplotlib, which is not installed: pip install 'mlp[plot]'") from None
     backend = _backend(args)
+    if args.precision and not args.resume:  # before any data is read
+        _precision.get(args.precision).check(backend, args.dtype or DEFAULTS["dtype"])
     meta = None
     if args.resume:
-        model, meta = checkpoint.load(args.resume, backend=backend)
+        model, meta = checkpoint.load(args.resume, backend=backend, precision=args.precision)
     settings = _settings(args, meta)
+    settings["precision"] = model.precision if meta is not None else (args.precision or "float32")
     if meta is not None and "train" not in meta["extra"]:  # saved from Python: describe the model as it is
         from .layers import Linear
 
@@ -309,7 +316,8 @@ def _train(args):
         x, y, validation = x[fit_idx], y[fit_idx], (x[val_idx], y[val_idx])
     if meta is None:
         model = MLP([data.n_features, *settings["hidden"], data.n_classes], settings["activation"],
-                    dropout=settings["dropout"], backend=backend, seed=settings["seed"], dtype=settings["dtype"])
+                    dropout=settings["dropout"], backend=backend, seed=settings["seed"], dtype=settings["dtype"],
+                    precision=settings["precision"])
         kwargs = {k: settings[k] for k in ("lr", "weight_decay") if settings[k] is not None}
         model.set_optimizer(_optimizers.get(settings["optimizer"], **kwargs))
     elif (model.input_width, model.output_width) != (data.n_features, data.n_classes):
@@ -322,7 +330,7 @@ def _train(args):
                f"{data.name}: {len(y):,} train / {len(data.y_test):,} test"
                f"{f' / {len(validation[1]):,} validation' if validation else ''}; "
                f"{_opt_text(model.optimizer)}, batch {bs}, epochs {model.epoch + 1}..{last}; "
-               f"{model.backend.spec}, {model.dtype}")
+               f"{model.backend.spec}, {_precision.describe(model.dtype, model.precision)}")
 
     extra = {"train": settings, "dataset": _dataset_info(data)}
     progress = _Progress(len(y), min(bs, len(y)), last, disable=args.quiet)
@@ -371,7 +379,7 @@ def _train(args):
     speed = ran * len(y) / fit_seconds if fit_seconds > 0 and ran else 0.0
     result = {
         "dataset": data.name, "architecture": _arch(model), "backend": model.backend.spec,
-        "dtype": model.dtype, "epochs": model.epoch, "epochs_run": ran,
+        "dtype": model.dtype, "precision": model.precision, "epochs": model.epoch, "epochs_run": ran,
         "stopped_early": bool(stopper and stopper.stopped_at),
         "train_loss": history.get("loss", [None])[-1] if history else None,
         "train_accuracy": history.get("accuracy", [None])[-1] if history else None,
@@ -385,7 +393,7 @@ def _train(args):
     saved = f"; saved {save}" if save else ""
     _say(args, f"test accuracy {test.get('accuracy', float('nan')):.2%} (loss {test['loss']:.4f}) after "
                f"{model.epoch} epochs{stop} in {wall:.1f} s ({speed:,.0f} samples/s) on "
-               f"{model.backend.spec}, {model.dtype}{saved}")
+               f"{model.backend.spec}, {_precision.describe(model.dtype, model.precision)}{saved}")
     if args.json:
         print(json.dumps(result))
     return 0
@@ -438,7 +446,7 @@ def _dataset_of(meta, args):
 
 
 def _evaluate(args):
-    model, meta = checkpoint.load(args.checkpoint, backend=_backend(args))
+    model, meta = checkpoint.load(args.checkpoint, backend=_backend(args), precision=args.precision)
     data = _dataset_of(meta, args)
     if model.input_width != data.n_features:
         raise CLIError(f"the checkpoint's model takes {model.input_width} features, {data.name} has {data.n_features}")
@@ -451,12 +459,13 @@ def _evaluate(args):
     classes = list(data.classes) + [str(i) for i in range(len(data.classes), k)]
     out = {"checkpoint": args.checkpoint, "dataset": data.name, "split": args.split, "n": int(len(y)),
            "correct": int(np.trace(confusion)), "accuracy": result.get("accuracy"), "loss": result["loss"],
-           "epoch": model.epoch, "backend": model.backend.spec, "classes": classes,
+           "epoch": model.epoch, "backend": model.backend.spec, "precision": model.precision, "classes": classes,
            "confusion": confusion.tolist()}
     if args.json:
         print(json.dumps(out))
         return 0
-    print(f"{args.checkpoint}: {_arch(model)}, epoch {model.epoch}, {model.dtype}, on {model.backend.spec}")
+    numerics = _precision.describe(model.dtype, model.precision)
+    print(f"{args.checkpoint}: {_arch(model)}, epoch {model.epoch}, {numerics}, on {model.backend.spec}")
     print(f"{data.name} {args.split}: accuracy {out['accuracy']:.2%} ({out['correct']}/{out['n']}), "
           f"loss {out['loss']:.4f}")
     print("confusion matrix (rows: true class, columns: predicted):")
@@ -503,7 +512,7 @@ def read_rows(path):
 
 
 def _predict(args):
-    model, meta = checkpoint.load(args.checkpoint, backend=_backend(args))
+    model, meta = checkpoint.load(args.checkpoint, backend=_backend(args), precision=args.precision)
     x = read_rows(args.input)
     if x.shape[1] != model.input_width:
         raise CLIError(f"{args.input} has rows of {x.shape[1]} values; the model takes {model.input_width} "

@@ -17,6 +17,7 @@ import backends
 from . import flat as _flat
 from . import losses as _losses
 from . import optimizers as _optimizers
+from . import precision as _precision
 from .errors import (DataError, DeviceMismatch, fmt_shape, is_out_of_memory, OutOfMemory, ShapeError,
                      TrainingDiverged)
 from .layers import activation as _activation
@@ -90,13 +91,18 @@ class Sequential:
     Initial weights come from a host ``numpy.random.Generator`` seeded with
     ``seed`` and are moved to the backend once, so the same seed gives
     bit-identical starting parameters on every backend and device.
+
+    ``precision="bf16"`` or ``"tf32"`` (float32 ``dtype`` only) runs the Linear
+    layers' matrix products in bfloat16 or TF32 on backends that have them;
+    weights, optimizer state and loss stay float32 (``mlp.precision``).
     """
 
     #: The most dropout-mask elements ``fit`` draws ahead for one call of
     #: :meth:`train_steps` (2**24: 64 MiB of float32); more steps split the epoch.
     mask_budget = 1 << 24
 
-    def __init__(self, *layers, backend=None, seed=0, dtype="float32", loss="cross_entropy"):
+    def __init__(self, *layers, backend=None, seed=0, dtype="float32", loss="cross_entropy",
+                 precision="float32"):
         if len(layers) == 1 and isinstance(layers[0], (list, tuple)):
             layers = tuple(layers[0])
         if not layers:
@@ -110,6 +116,7 @@ class Sequential:
             raise ValueError(f"dtype must be 'float32' or 'float64', got {dtype!r}")
         self.dtype = dtype
         self.backend = backends.get(backend)
+        self.precision = _precision.get(precision).check(self.backend, dtype).name  # see mlp/precision.py
         self.backend.ensure_dtype(dtype)
         self.seed = seed
         self.rng = np.random.default_rng(seed)
@@ -156,17 +163,19 @@ class Sequential:
             "dtype": self.dtype,
             "loss": self.loss.name,
             "seed": self.seed,
+            "precision": self.precision,
         }
 
     @classmethod
     def from_config(cls, config, backend=None):
         layers = [from_config(c) for c in config["layers"]]
         return cls(*layers, backend=backend, seed=config.get("seed", 0),
-                   dtype=config.get("dtype", "float32"), loss=config.get("loss", "cross_entropy"))
+                   dtype=config.get("dtype", "float32"), loss=config.get("loss", "cross_entropy"),
+                   precision=config.get("precision", "float32"))
 
     def __repr__(self):
         inner = ", ".join(repr(layer) for layer in self.layers)
-        return f"Sequential({inner}; {self.backend!r}, {self.dtype})"
+        return f"Sequential({inner}; {self.backend!r}, {_precision.describe(self.dtype, self.precision)})"
 
     def summary(self):
         """The shape flow and parameter arithmetic, one line per layer."""
@@ -189,7 +198,7 @@ class Sequential:
         table = [header] + rows
         widths = [max(len(r[c]) for r in table) for c in range(len(header))]
         lines = [
-            f"Sequential on {self.backend!r}, {self.dtype}",
+            f"Sequential on {self.backend!r}, {_precision.describe(self.dtype, self.precision)}",
             *("  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in table),
             f"Total params: {total_w + total_b:,} ({total_w:,} weights + {total_b:,} biases)",
         ]
@@ -200,6 +209,7 @@ class Sequential:
         """Move parameters and optimizer state to another backend or device, in memory."""
         dst = backends.get(spec, device=device)
         dst.ensure_dtype(self.dtype)
+        _precision.get(self.precision).check(dst, self.dtype)  # before anything moves
         src = self.backend
         self.params = tree_map(lambda a: transfer(a, src, dst), self.params)
         self.opt_state = tree_map(lambda a: transfer(a, src, dst), self.opt_state)
@@ -293,7 +303,7 @@ class Sequential:
     # -- forward and backward ----------------------------------------------
     def _forward(self, params, x, train=False, masks=()):
         """Run every layer; return the output and the backward function."""
-        xp = self.backend.xp
+        xp = _precision.get(self.precision).namespace(self.backend)  # matmul under the policy
         backs = []
         masks = iter(masks)
         for layer, p in zip(self.layers, params):
@@ -704,7 +714,9 @@ def MLP(sizes, activation="relu", *, dropout=0.0, init=None, bias=True, **kwargs
 
     ``init`` defaults to 'he' for ReLU-like activations and 'glorot' otherwise;
     ``dropout`` adds a Dropout after each hidden activation. Other keyword
-    arguments (``backend``, ``seed``, ``dtype``, ``loss``) go to :class:`Sequential`.
+    arguments (``backend``, ``seed``, ``dtype``, ``loss``, ``precision``) go to
+    :class:`Sequential`; ``precision="bf16"`` or ``"tf32"`` runs the matrix products
+    in bfloat16 or TF32 (docs/precision.md).
     """
     sizes = list(sizes)
     if len(sizes) < 2:

@@ -30,6 +30,7 @@ from sklearn.utils.validation import check_is_fitted, column_or_1d, validate_dat
 import backends
 
 from . import losses as _losses
+from . import precision as _precision
 from .layers import Identity, Linear, ReLU, Sigmoid, Tanh
 from .model import Sequential
 from .optimizers import SGD, Adam
@@ -120,6 +121,7 @@ def _check_params(est):
         raise ValueError(f"momentum must be in [0, 1), got {est.momentum!r}")
     if est.dtype not in (None, "float32", "float64"):
         raise ValueError(f"dtype must be None, 'float32' or 'float64', got {est.dtype!r}")
+    _precision.get(est.precision)  # an unknown name is a PrecisionError (a ValueError) here
     return sizes
 
 
@@ -132,7 +134,7 @@ class _BaseMLP(BaseEstimator):
                  random_state=None, tol=1e-4, verbose=False, warm_start=False, momentum=0.9,
                  nesterovs_momentum=True, early_stopping=False, validation_fraction=0.1,
                  beta_1=0.9, beta_2=0.999, epsilon=1e-8, n_iter_no_change=10, backend=None,
-                 device=None, dtype=None):
+                 device=None, dtype=None, precision="float32"):
         self.hidden_layer_sizes = hidden_layer_sizes
         self.activation = activation
         self.solver = solver
@@ -156,12 +158,15 @@ class _BaseMLP(BaseEstimator):
         self.backend = backend
         self.device = device
         self.dtype = dtype
+        self.precision = precision
 
     # -- the network -----------------------------------------------------------
     def _dtype_for(self, X):
         """The model's dtype: ``dtype`` if set, else X's (float32 stays float32,
-        anything else is float64), float32 on devices without float64."""
-        name = self.dtype or ("float32" if X.dtype == np.float32 else "float64")
+        anything else is float64), float32 on devices without float64 and under a
+        mixed precision policy (whose master weights are float32)."""
+        mixed = _precision.get(self.precision).name != "float32"
+        name = self.dtype or ("float32" if X.dtype == np.float32 or mixed else "float64")
         if name not in self._backend.float_dtypes:
             name = "float32"
         return name
@@ -175,7 +180,8 @@ class _BaseMLP(BaseEstimator):
             layers.append(_L2Linear(a, b, alpha=self.alpha, init=init))
             if i < len(sizes) - 2:
                 layers.append(act())
-        return Sequential(*layers, backend=self._backend, seed=seed, dtype=self._dtype, loss=self._loss)
+        return Sequential(*layers, backend=self._backend, seed=seed, dtype=self._dtype, loss=self._loss,
+                          precision=self.precision)
 
     def _new_optimizer(self):
         if self.solver == "adam":

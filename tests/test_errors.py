@@ -466,6 +466,33 @@ def _():
     return _cli_oom()
 
 
+# -- precision policies (mlp.precision, docs/precision.md) -----------------------------------
+@case("precision-backend", "`MLP([4, 8, 3], precision=\"bf16\")` on NumPy")
+def _():
+    small(precision="bf16")
+
+
+@case("precision-dtype", "`precision=\"bf16\"` with `dtype=\"float64\"`")
+def _():
+    small(precision="bf16", dtype="float64", backend="jax")
+
+
+@case("precision-name", "`precision=\"fp8\"`")
+def _():
+    small(precision="fp8")
+
+
+@case("precision-checkpoint", "a bf16 checkpoint loaded on NumPy without `precision=\"float32\"`")
+def _():
+    checkpoint.save(small(precision="bf16", backend="torch"), "bf16.safetensors")
+    checkpoint.load("bf16.safetensors", backend="numpy")
+
+
+@case("cli-precision", "`mlp train --precision bf16 --backend numpy`")
+def _():
+    return _cli("train", "--precision", "bf16", "--backend", "numpy")
+
+
 # -- running the cases ------------------------------------------------------------------------
 def run_case(name):
     """``(error type or 'exit N', message)`` of one case."""
@@ -512,7 +539,7 @@ def test_docs_table(name, tmp_path, monkeypatch):
     assert _matches(doc_message, message), f"\ndocs:   {doc_message}\nactual: {message}"
     if not kind.startswith("exit"):  # only our documented errors (and ValueError for bad arguments)
         assert kind in ("ShapeError", "DataError", "DeviceMismatch", "TrainingDiverged", "OutOfMemory",
-                        "CheckpointError", "ValueError"), kind
+                        "CheckpointError", "PrecisionError", "ValueError"), kind
 
 
 # -- before any training --------------------------------------------------------------------

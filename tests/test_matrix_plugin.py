@@ -74,7 +74,7 @@ def test_a_name_that_matches_no_cell_is_a_usage_error(option, env, message):
 
 
 def _table(path):
-    """The tolerance table of docs/testing.md as {dtype: {kind: (rtol, atol)}}."""
+    """The tolerance table of docs/testing.md as {dtype or precision: {kind: (rtol, atol) or None}}."""
     lines = path.read_text().splitlines()
     start = lines.index("<!-- tolerances: the same numbers as TOLERANCES in tests/conftest.py -->")
     header = [c.strip() for c in lines[start + 1].strip("|").split("|")]
@@ -85,6 +85,9 @@ def _table(path):
         dtype, *cells = [c.strip().strip("`") for c in line.strip("|").split("|")]
         table[dtype] = {}
         for kind, text in zip(header[1:], cells):
+            if text.startswith("not run"):  # a check those cells do not make (None in TOLERANCES)
+                table[dtype][kind.strip("`")] = None
+                continue
             rtol, atol = re.fullmatch(r"rtol ([0-9.e-]+), atol ([0-9.e-]+)", text).groups()
             table[dtype][kind.strip("`")] = (float(rtol), float(atol))
     return table
@@ -92,3 +95,24 @@ def _table(path):
 
 def test_docs_publish_the_tolerances_the_tests_use():
     assert _table(ROOT / "docs" / "testing.md") == TOLERANCES
+
+
+def test_precision_cells_show_in_the_summary_and_can_be_required():
+    """The bfloat16 CPU cells run; the GPU precision cells run on a GPU, else are skipped
+    with their reason; MLP_REQUIRE_BACKENDS turns such a skip into a failure."""
+    from conftest import PRECISION_CELLS
+
+    test = "tests/test_matrix_precision.py::test_each_product_is_within_the_formats_bound_and_really_rounded"
+    code, text = pytest_run(test, "--backends", "jax,torch,cupy", "-q")
+    assert code == 0, text
+    summary = text.split("mlp matrix: backend x device x dtype cells")[1]
+    for c in PRECISION_CELLS:
+        line = next(line for line in summary.splitlines() if line.startswith(c.id + " "))
+        if not c.gpu:
+            assert "ran      3 passed" in line, line
+        else:
+            assert re.search(r"ran      3 passed|skipped  \S", line), line
+    reason = _cupy_unavailable()
+    if reason is not None:
+        code, text = pytest_run(test, "--backends", "cupy", require="cupy")
+        assert code == 1 and f"cupy-gpu-tf32 is required by MLP_REQUIRE_BACKENDS but unavailable: {reason}" in text

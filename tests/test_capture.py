@@ -334,11 +334,22 @@ def test_the_step_copies_nothing_from_the_host(cell, activation):
     assert not found, "\n".join(sorted(set(found)))
 
 
-def watch_step(cell, torch, activation, loss, optimizer):
+def test_a_precision_policy_copies_nothing_from_the_host(precision_cell):
+    """The same watch under a mixed-precision policy (bfloat16 or TF32 products)."""
+    if precision_cell.name != "torch":
+        pytest.skip("watches PyTorch calls (the one backend that captures)")
+    import torch
+
+    found = watch_step(precision_cell, torch, "relu", "cross_entropy", "adam-l2-clip",
+                       precision=precision_cell.precision)
+    assert not found, "\n".join(sorted(set(found)))
+
+
+def watch_step(cell, torch, activation, loss, optimizer, **kwargs):
     """What ``host_reads`` finds in two flat steps (the second on weighted rows)."""
     rng = np.random.default_rng(0)
     model = mlp.MLP([4, 6, LOSSES[loss]], activation=activation, dropout=0.2, loss=loss, backend=cell.spec,
-                    dtype=cell.dtype, seed=0)
+                    dtype=cell.dtype, seed=0, **kwargs)
     opt = model.set_optimizer(OPTIMIZERS[optimizer]())
     b = cell.backend
     run = flat.Run(model.params, opt, b.xp, host_counts=False)

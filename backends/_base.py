@@ -66,6 +66,11 @@ class Backend:
     #: on the device; elsewhere steps run eagerly and ``fit`` counts them on the host.
     compiles = False
 
+    #: Fused element-wise kernels (an object with the methods of :class:`Kernels`:
+    #: the flat Adam update in one launch), or None. ``mlp.flat.Run`` hands them to
+    #: the optimizer's ``step``.
+    kernels = None
+
     #: The precision policies (``mlp.precision``) this backend runs on its device:
     #: "float32" everywhere; "bf16" and "tf32" where a backend module says so.
     precisions = ("float32",)
@@ -202,6 +207,20 @@ class Backend:
         """Wait until queued device work (or the work producing ``arrays``) is done."""
         return arrays[0] if len(arrays) == 1 else arrays
 
+    def capture(self, step, args):
+        """The train ``step`` replayed from one captured graph, or None (the default:
+        this backend cannot capture; run ``step`` itself).
+
+        ``args`` are a call's arguments ``(P, state, x, y, masks[, weights])`` (arrays,
+        trees of them, None; no host values: ``count=None``). The result is called like
+        ``step`` and returns the same structure: ``P`` and ``state`` as buffers it owns
+        and updates in place on the next call (copy them before they leave the run),
+        the loss and correct count as new arrays. Calls with other shapes (a partial
+        batch) run ``step``; where capture fails, or its first replay differs from
+        ``step``, the replay warns once (``backends._capture.CaptureWarning``) and
+        runs ``step`` from then on. See ``backends/_capture.py``."""
+        return None
+
     # -- several devices -----------------------------------------------------
     def data_parallel(self, devices=None, *, batch_size=None):
         """A :class:`SingleDevice` placement, or an error for ``devices > 1``.
@@ -238,6 +257,22 @@ class Backend:
             raise ValueError(f"dist must be 'uniform' or 'normal', got {dist!r}")
         name = dtype if isinstance(dtype, str) else self.dtype_name(dtype)
         return self.asarray(host.astype(name), dtype=name)
+
+
+class Kernels:
+    """Fused element-wise kernels: what ``Backend.kernels`` offers (CuPy: one
+    ``cupy.ElementwiseKernel`` launch each, see ``backends/_cupy.py``)."""
+
+    def adam(self, p, g, m, v, *, b1, b2, scale, eps, decay=1.0, l2=0.0, inplace=False):
+        """The flat Adam update of ``mlp.optimizers.Adam.step`` in one pass:
+
+            g' = g + l2 p;  m' = b1 m + g';  v' = b2 v + g' g';
+            p' = decay p + scale m' / (sqrt(v') + eps)
+
+        ``(p', m', v')``: written into ``p``, ``m`` and ``v`` (and ``g``) with
+        ``inplace=True``, new arrays otherwise. ``scale`` and ``eps`` are floats or
+        0-d arrays on the device (a step count on the device)."""
+        raise NotImplementedError
 
 
 def check_devices(devices):

@@ -1,7 +1,41 @@
 """CuPy on a CUDA GPU."""
 import contextlib
 
-from ._base import Backend, BackendUnavailable, parse_device
+from ._base import Backend, BackendUnavailable, Kernels, parse_device
+
+
+# The flat Adam update (backends._base.Kernels.adam) as one element-wise kernel; {p},
+# {m}, {v} name the incoming values (the outputs themselves when updating in place).
+_ADAM = """
+T gg = l2 != (T)0 ? g + l2 * {p} : g;
+T q = decay != (T)1 ? decay * {p} : {p};
+m = b1 * {m} + gg;
+v = b2 * {v} + gg * gg;
+p = q + scale * (m / (sqrt(v) + eps));
+"""
+_SCALARS = "T b1, T b2, T scale, T eps, T decay, T l2"
+
+
+def adam_kernels(cupy):
+    """``(in_place, new_arrays)``: the two ``cupy.ElementwiseKernel`` of the flat Adam update."""
+    kernel = cupy.ElementwiseKernel
+    in_place = kernel(f"T g, {_SCALARS}", "T p, T m, T v", _ADAM.format(p="p", m="m", v="v"), "mlp_adam_inplace")
+    new = kernel(f"T p0, T g, T m0, T v0, {_SCALARS}", "T p, T m, T v", _ADAM.format(p="p0", m="m0", v="v0"),
+                 "mlp_adam")
+    return in_place, new
+
+
+class CupyKernels(Kernels):
+    """:class:`backends._base.Kernels` as CuPy element-wise kernels: one launch each."""
+
+    def __init__(self, cupy):
+        self._adam_inplace, self._adam = adam_kernels(cupy)
+
+    def adam(self, p, g, m, v, *, b1, b2, scale, eps, decay=1.0, l2=0.0, inplace=False):
+        if inplace:
+            self._adam_inplace(g, b1, b2, scale, eps, decay, l2, p, m, v)
+            return p, m, v
+        return self._adam(p, g, m, v, b1, b2, scale, eps, decay, l2)
 
 
 class CupyBackend(Backend):
@@ -73,10 +107,12 @@ def load(device=None):
         raise BackendUnavailable(f"cupy sees {count} CUDA device(s); asked for index {index}")
     import array_api_compat.cupy as xp
 
-    return CupyBackend(
+    backend = CupyBackend(
         "cupy", xp, cupy.cuda.Device(index), version=cupy.__version__, library=cupy,
         device_name=f"gpu:{index}",
     )
+    backend.kernels = CupyKernels(cupy)  # compiled on first use
+    return backend
 
 
 def probe():

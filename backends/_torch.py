@@ -38,6 +38,54 @@ class TorchBackend(Backend):
             self.library.cuda.synchronize(self.device)
         return arrays[0] if len(arrays) == 1 else arrays
 
+    def capture(self, step, args):
+        """On CUDA, the step replayed from a CUDA graph (see ``backends/_capture.py``)."""
+        if self.device.type != "cuda":
+            return None
+        from ._capture import capture
+
+        return capture(step, args, CudaGraphs(self.library, self.device))
+
+
+class CudaGraphs:
+    """PyTorch's CUDA graphs as the graph API of ``backends._capture`` (as in
+    PyTorch's documentation: warm-up on a side stream, then ``torch.cuda.graph``)."""
+
+    def __init__(self, torch, device):
+        self.torch, self.device = torch, device
+
+    def graph(self):
+        return self.torch.cuda.CUDAGraph()
+
+    @contextlib.contextmanager
+    def warming(self):
+        cuda = self.torch.cuda
+        with cuda.device(self.device):
+            side, main = cuda.Stream(), cuda.current_stream()
+            side.wait_stream(main)
+            with cuda.stream(side):
+                yield
+            main.wait_stream(side)
+
+    def record(self, graph, fn):
+        with self.torch.cuda.device(self.device), self.torch.cuda.graph(graph):
+            return fn()
+
+    def replay(self, graph):
+        graph.replay()
+
+    def is_array(self, obj):
+        return isinstance(obj, self.torch.Tensor)
+
+    def clone(self, a):
+        return a.clone()
+
+    def copy_into(self, dst, src):
+        dst.copy_(src)
+
+    def to_host(self, a):
+        return a.detach().cpu().numpy()
+
 
 @contextlib.contextmanager
 def _tf32(torch):

@@ -146,17 +146,19 @@ def step_flops(sizes, batch):
 ABLATIONS = {  # --ablate NAME: undo one of mlp's speed-ups, to measure what it brings
     "no-fuse": "JAX: one call per step instead of one call per epoch (Backend.fuse_steps=False)",
     "no-inplace": "NumPy: allocate new parameter/optimizer arrays every step (Backend.inplace=False)",
-    "relu-where": "ReLU through xp.where (as before) instead of maximum and a 0/1 multiplier",
+    "relu-where": "ReLU through xp.where (as before) instead of clip and a 0/1 multiplier",
+    "no-kernels": "NumPy, CuPy: Adam's flat update without fused kernels (Backend.kernels=None)",
 }
 
 
 def ablate(model, names):
     import copy
 
-    if "no-fuse" in names or "no-inplace" in names:
+    if "no-fuse" in names or "no-inplace" in names or "no-kernels" in names:
         model.backend = copy.copy(model.backend)
         model.backend.fuse_steps = model.backend.fuse_steps and "no-fuse" not in names
         model.backend.inplace = model.backend.inplace and "no-inplace" not in names
+        model.backend.kernels = None if "no-kernels" in names else model.backend.kernels
     if "relu-where" in names:
         from mlp import layers
 

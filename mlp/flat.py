@@ -58,11 +58,12 @@ class Run:
     ``host_counts``: the loop passes each step's number from the host (backends that
     run eagerly: the optimizer's step-dependent factors are then host floats and cost
     no array operation); otherwise the optimizer state counts steps on the device
-    (compiled steps)."""
+    (compiled steps). ``kernels``: the backend's fused element-wise kernels
+    (``Backend.kernels``), handed to the optimizer's ``step``."""
 
-    def __init__(self, params, optimizer, xp, *, host_counts):
+    def __init__(self, params, optimizer, xp, *, host_counts, kernels=None):
         self.layout, self.optimizer, self.xp = Layout(params), optimizer, xp
-        self.host_counts = host_counts
+        self.host_counts, self.kernels = host_counts, kernels
 
     def begin(self, params, opt_state):
         """``(P, state, t0)``: new flat arrays (the caller's are never written) and the
@@ -83,12 +84,13 @@ class Run:
         """``(P, state, x, y, masks, weights=None, count=None) -> (P, state, loss, correct)``
         from ``forward(params, x, masks) -> (out, backward)`` (training mode)."""
         xp, layout, optimizer = self.xp, self.layout, self.optimizer
+        fused = {} if self.kernels is None else {"kernels": self.kernels}  # a user's step may not take them
 
         def step(P, state, x, y, masks, weights=None, count=None):
             out, backward = forward(layout.unflatten(xp, P), x, masks)
             value, dout, correct = loss.terms(xp, out, y, weights)
             G = layout.flatten(xp, backward(dout))
-            P, state = optimizer.step(P, G, state, count, inplace=inplace)
+            P, state = optimizer.step(P, G, state, count, inplace=inplace, **fused)
             return P, state, value, correct
 
         return step

@@ -158,10 +158,15 @@ class ReLU(Layer):
     The backward multiplies by ``sign(y)``, which is 1 where y > 0 and 0 where
     y = 0: one array operation fewer than a comparison and a cast (each operation
     is a kernel launch on a GPU), and as fast as either on NumPy (``where`` is
-    several times slower there)."""
+    several times slower there).
+
+    The forward is ``clip(x, min=0)``, not ``maximum(x, 0)``: array-api-compat's
+    PyTorch ``maximum`` turns the Python 0 into a new tensor copied from the host on
+    every call, which a captured CUDA graph cannot hold (``Backend.capture``);
+    ``clip`` with a Python bound is ``torch.clamp``, one kernel."""
 
     def forward(self, xp, params, x, train=False, mask=None):
-        y = xp.maximum(x, 0.0)
+        y = xp.clip(x, min=0.0)
         return y, lambda dy, need_dx=True: (dy * xp.sign(y), {})
 
 

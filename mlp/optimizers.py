@@ -105,13 +105,15 @@ class Optimizer:
         """How many steps the state has seen, read to the host (once per run), or 0."""
         return 0
 
-    def step(self, p, g, state, count=None, *, inplace=False):
+    def step(self, p, g, state, count=None, *, inplace=False, kernels=None):
         """One update of the flat parameter vector ``p`` by the flat gradient ``g``,
         with a state from :meth:`begin_run`. ``count`` is the step number (1 for the
         first step) when the caller counts steps on the host (backends that run
         eagerly: then any factor that depends on it is computed on the host, in double
         precision, and costs no array operation); None when the state counts them on
-        the device (compiled or captured steps). The default is :meth:`update`."""
+        the device (compiled or captured steps). ``kernels``: the backend's fused
+        element-wise kernels (``Backend.kernels``), for optimizers that use them.
+        The default is :meth:`update`."""
         return self.update(p, g, state, inplace=inplace)
 
     def _prepare(self, xp, params, grads, inplace=False):
@@ -253,7 +255,9 @@ class Adam(Optimizer):
     def steps_taken(self, state):
         return int(float(state["step"]))  # one read from the device, once per run
 
-    def step(self, p, g, state, count=None, *, inplace=False):
+    def step(self, p, g, state, count=None, *, inplace=False, kernels=None):
+        """See :meth:`Optimizer.step`; with ``kernels`` (``Backend.kernels``), the
+        update of ``p``, ``m`` and ``v`` is one fused kernel (``Kernels.adam``)."""
         xp = array_api_compat.array_namespace(p)
         if self.clip_norm is not None:
             g = clip_by_global_norm(xp, g, self.clip_norm, inplace)
@@ -268,6 +272,12 @@ class Adam(Optimizer):
         # sqrt(v) / sqrt(bc2) + eps = k (sqrt(v') + eps / k), with v = (1 - b2) v'
         k = math.sqrt(1.0 - b2) / sqrt(bc2)
         scale = -lr * (1.0 - b1) / (bc1 * k)
+        if kernels is not None:
+            decoupled = bool(wd and self.decoupled)
+            p, m, v = kernels.adam(p, g, state["m"], state["v"], b1=b1, b2=b2, scale=scale, eps=eps / k,
+                                   decay=1.0 - lr * wd if decoupled else 1.0, l2=0.0 if decoupled else wd,
+                                   inplace=inplace)
+            return p, {"step": new_step, "m": m, "v": v}
         if wd and self.decoupled:
             p = scale_add(p, 1.0 - lr * wd, inplace=inplace)
         elif wd:

@@ -75,7 +75,8 @@ def flat_run(model, optimizer=None):
     optimizer = optimizer if optimizer is not None else model.optimizer
     if not _flat.supported(optimizer, model.opt_state):
         return None
-    return _flat.Run(model.params, optimizer, model.backend.xp, host_counts=not model.backend.compiles)
+    return _flat.Run(model.params, optimizer, model.backend.xp, host_counts=not model.backend.compiles,
+                     kernels=model.backend.kernels)
 
 
 def step_fn(model, loss, optimizer, inplace=False):

@@ -20,8 +20,8 @@ import numpy as np
 import pytest
 
 import mlp
-from backends._capture import capture, CaptureWarning, Replay
-from backends._numpy import NumpyKernels
+from mlp.backends._capture import capture, CaptureWarning, Replay
+from mlp.backends._numpy import NumpyKernels
 from mlp import flat
 from mlp.tree import leaves, tree_map
 

@@ -39,7 +39,10 @@ def test_quick_benchmark_prints_every_implementation_and_losses_agree(tmp_path):
     assert "| ops/step |" in run.stdout
     counts = {k: rows[k]["ops_per_step"] for k in expected if k in OURS}
     assert all(isinstance(n, int) and n > 0 for n in counts.values()), counts
-    assert len(set(counts.values())) == 1, counts  # one code path: the same count on every backend
+    # one code path: the same count on every backend without fused kernels (Backend.kernels: NumPy's
+    # fused Adam is one operation where the generic update is ten), and none above the small target
+    generic = {k: n for k, n in counts.items() if "numpy" not in k}
+    assert len(set(generic.values())) == 1 and max(counts.values()) <= 40, counts
     assert rows["NumPy by hand"]["ops_per_step"] is None
     # fit once per epoch: the same training as one fit (same batches, same losses), as a ratio
     for label in [k for k in expected if k.endswith("(fit per epoch)")]:

@@ -59,7 +59,9 @@ def _tensor(tensors, path):
     return get
 
 
-def _write_atomic(path, data):
+def write_atomic(path, data):
+    """Write ``data`` to a temporary file in ``path``'s folder, then rename it over
+    ``path`` (a reader sees the old file or the new one, never a mix)."""
     folder = os.path.dirname(os.path.abspath(path))
     fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=".tmp", dir=folder)
     try:
@@ -103,7 +105,7 @@ def save(model, path, *, extra=None):
         "extra": json.dumps(extra if extra is not None else {}),
     }
     meta["crc32"] = _checksum(tensors, meta)
-    _write_atomic(path, to_bytes(tensors, metadata=meta))
+    write_atomic(path, to_bytes(tensors, metadata=meta))
     return path
 
 

@@ -19,6 +19,7 @@ import warnings
 import array_api_compat
 import numpy as np
 
+from . import backends
 from . import layers as _layers
 from .errors import DataError, DeviceMismatch, fmt_shape, ShapeError
 
@@ -57,11 +58,11 @@ class CopyWarning(UserWarning):
 
 
 def _torch():
+    """PyTorch itself, through the registry (one place imports it: the torch backend)."""
     try:
-        import torch
-    except ImportError:
-        raise ImportError("this needs PyTorch: pip install 'arraymlp[torch]'") from None
-    return torch
+        return backends.get("torch").library
+    except backends.BackendUnavailable as err:
+        raise ImportError(f"this needs PyTorch: {err}") from None
 
 
 # -- state_dicts -----------------------------------------------------------------------------

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import importlib
 import os
-import tempfile
 
 import numpy as np
 
@@ -47,7 +46,9 @@ def export_onnx(model, path, *, input_range=None):
     ``onnx.ModelProto``. ``input_range=(low, high)``: raw values that map to 0
     and 1 (scalars or one per feature); the graph then scales its input first."""
     proto = to_onnx(model, input_range=input_range)
-    _write_atomic(os.fspath(path), proto.SerializeToString())
+    from .checkpoint import write_atomic
+
+    write_atomic(os.fspath(path), proto.SerializeToString())
     return proto
 
 
@@ -213,19 +214,3 @@ def _set_nodes(graph, nodes):
     nodes = [n for n in nodes]
     del graph.node[:]
     graph.node.extend(nodes)
-
-
-def _write_atomic(path, data):
-    """Write to a temporary file in the same folder, then rename it over ``path``."""
-    folder = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=".tmp", dir=folder)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise

@@ -138,7 +138,7 @@ def test_ctrl_c_while_saving_still_saves_that_epoch(tmp_path, monkeypatch, capsy
     epoch 2): the command writes epoch 3 before it exits."""
     monkeypatch.chdir(tmp_path)
     monkeypatch.delenv("MLP_BACKEND", raising=False)
-    real, calls = checkpoint._write_atomic, [0]
+    real, calls = checkpoint.write_atomic, [0]
 
     def write(path, data):
         calls[0] += 1
@@ -146,7 +146,7 @@ def test_ctrl_c_while_saving_still_saves_that_epoch(tmp_path, monkeypatch, capsy
             raise KeyboardInterrupt
         return real(path, data)
 
-    monkeypatch.setattr(checkpoint, "_write_atomic", write)
+    monkeypatch.setattr(checkpoint, "write_atomic", write)
     status = cli.main(["train", "--save", "run.safetensors", "--epochs", "5", "--quiet", *SMALL])
     err = capsys.readouterr().err
     assert status == 130
